@@ -1,0 +1,46 @@
+// Input checks for the C++ entry points (torch.ops.oneshot.* can be called directly, bypassing the Python
+// checks in oneshot.ops). Every message names the argument, what was expected and what arrived.
+// TORCH_CHECK_VALUE / TORCH_CHECK_TYPE surface in Python as ValueError / TypeError.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <sstream>
+#include <string>
+
+namespace oneshot {
+
+inline std::string shape_str(const at::Tensor& t) {
+  std::ostringstream os;
+  os << t.sizes();
+  return os.str();
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* expected) {
+  TORCH_CHECK_VALUE(t.dim() == dim, name, " must be ", expected, ", got ", shape_str(t));
+}
+
+inline void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+                   " must be float32 or float64 for the native CPU kernels, got ", t.scalar_type());
+}
+
+inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), name_b, " must have the dtype of ", name_a, " (",
+                   a.scalar_type(), "), got ", b.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), name_b, " must be on the device of ", name_a, " (", a.device(),
+                    "), got ", b.device());
+}
+
+inline void check_axes(at::IntArrayRef axes) {
+  TORCH_CHECK_VALUE(axes.size() == 6, "axes must hold 6 ints (3 planes x 2 coordinates), got ", axes.size());
+  for (auto a : axes) {
+    TORCH_CHECK_VALUE(a >= 0 && a <= 2, "axes entries must be 0, 1 or 2, got ", axes);
+  }
+}
+
+}  // namespace oneshot

@@ -1,0 +1,38 @@
+// Every schema of the oneshot namespace, in one place. Kernels are registered per backend in the op folders
+// (TORCH_LIBRARY_IMPL(oneshot, CPU, ...) in *_cpu.cpp, CUDA in *_cuda.cu); fake (meta) kernels and autograd
+// are registered from Python (oneshot/ops), so torch.compile and torch.library.opcheck work.
+//
+// Tensor shapes (documented in full in oneshot/ops and the op headers):
+//   triplane_sample:   planes [B, 3, C, H, W], points [B, M, 3] -> [B, M, C] ("mean"/"sum") or [B, 3, M, C]
+//   ray_march:         colors [..., S, C], densities [..., S], depths [..., S]
+//                      -> features [..., C], depth [...], opacity [...], weights [..., S-1]
+//   rasterize_points:  points [B, N, 3], features [B, N, C], valid [B, N] bool
+//                      -> planes [B, 3, C, H, W], index [B, 3, H, W] int64 (-1 = empty)
+#include <torch/library.h>
+
+#ifndef ONESHOT_TORCH_VERSION
+#define ONESHOT_TORCH_VERSION "unknown"
+#endif
+
+TORCH_LIBRARY(oneshot, m) {
+  m.def("triplane_sample(Tensor planes, Tensor points, float box_warp, int[] axes, str reduce) -> Tensor");
+  m.def(
+      "triplane_sample_backward(Tensor grad_out, Tensor planes, Tensor points, float box_warp, int[] axes, "
+      "str reduce, bool planes_requires_grad, bool points_requires_grad) -> (Tensor, Tensor)");
+
+  m.def(
+      "ray_march(Tensor colors, Tensor densities, Tensor depths, float density_bias, bool white_background) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "ray_march_backward(Tensor? grad_features, Tensor? grad_depth, Tensor? grad_opacity, Tensor? grad_weights, "
+      "Tensor colors, Tensor densities, Tensor depths, float density_bias, bool white_background) "
+      "-> (Tensor, Tensor)");
+
+  m.def(
+      "rasterize_points(Tensor points, Tensor features, int height, int width, float box_warp, int[] axes, "
+      "Tensor? valid, float? max_distance, bool align_corners) -> (Tensor, Tensor)");
+  m.def("rasterize_points_backward(Tensor grad_planes, Tensor index, int num_points) -> Tensor");
+
+  // The torch version this library was compiled against, for diagnostics (oneshot.ops.backend_info()).
+  m.def("_build_torch_version() -> str", []() -> std::string { return ONESHOT_TORCH_VERSION; });
+}

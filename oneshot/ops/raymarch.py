@@ -1,0 +1,100 @@
+"""ray_march: EG3D's volume-rendering ray marcher (MipRayMarcher2) as one fused op with a depth output."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .. import _extension
+from . import reference
+from ._common import check_same, check_tensor, resolve_backend, shape_of
+
+__all__ = ["ray_march", "RayMarchResult"]
+
+
+class RayMarchResult(NamedTuple):
+    features: Tensor  # [..., C] composited features (+ 1 - opacity with a white background)
+    depth: Tensor  # [...] expected depth, clamped per ray to [t_0, t_{S-1}]; t_{S-1} where opacity == 0
+    opacity: Tensor  # [...] sum of the weights
+    weights: Tensor  # [..., S-1] per-interval compositing weights
+
+
+def ray_march(
+    colors: Tensor,  # [..., S, C]
+    densities: Tensor,  # [..., S]
+    depths: Tensor,  # [..., S]
+    *,
+    density_bias: float = -1.0,
+    white_background: bool = False,
+    backend: str | None = None,
+) -> RayMarchResult:
+    """Composite samples along rays with EG3D's midpoint rule.
+
+    Over the S-1 intervals: delta_i = t_{i+1} - t_i; cbar_i, tbar_i the interval midpoints of colors and
+    depths; sigma_i = softplus((s_i + s_{i+1}) / 2 + density_bias); alpha_i = 1 - exp(-sigma_i delta_i);
+    T_0 = 1, T_{i+1} = T_i (1 - alpha_i + 1e-10); w_i = alpha_i T_i. opacity = sum w_i;
+    features = sum w_i cbar_i (+ 1 - opacity if white_background); depth = sum w_i tbar_i / opacity, clamped
+    per ray to [t_0, t_{S-1}] (t_{S-1} where opacity == 0). No x2-1 rescaling (the renderer does that).
+
+    Args:
+        colors: [..., S, C] per-sample features.
+        densities: [..., S] raw densities (before the softplus).
+        depths: [..., S] sample depths, non-decreasing along each ray (not checked; repeats give delta = 0).
+        density_bias: added to the mid-interval density before the softplus (EG3D: -1).
+        white_background: add (1 - opacity) to every feature channel.
+        backend: None/"auto", "reference", "native" or "triton".
+
+    Returns:
+        RayMarchResult(features [..., C], depth [...], opacity [...], weights [..., S-1]), differentiable
+        w.r.t. colors and densities (depths are constants).
+    """
+    check_tensor("colors", colors, "[..., S, C]")
+    if colors.dim() < 2:
+        raise ValueError(f"colors must be [..., S, C], got {shape_of(colors)}")
+    check_tensor("densities", densities, "[..., S]")
+    if tuple(densities.shape) != tuple(colors.shape[:-1]):
+        raise ValueError(f"densities must be [..., S] = {shape_of(colors)[:-1]} (colors without C), got {shape_of(densities)}")
+    check_tensor("depths", depths, "[..., S]")
+    if depths.shape != densities.shape:
+        raise ValueError(f"depths must have the shape of densities {shape_of(densities)}, got {shape_of(depths)}")
+    if densities.shape[-1] < 2:
+        raise ValueError(f"ray_march needs S >= 2 samples per ray, got S = {densities.shape[-1]}")
+    check_same(("colors", "densities", "depths"), (colors, densities, depths))
+    density_bias = float(density_bias)
+    white_background = bool(white_background)
+    impl = resolve_backend(backend, "ray_march", colors.device, colors.dtype)
+    if impl == "reference":
+        return RayMarchResult(*reference.ray_march(colors, densities, depths, density_bias, white_background))
+    return RayMarchResult(*torch.ops.oneshot.ray_march(colors, densities, depths, density_bias, white_background))
+
+
+def _register() -> None:
+    @torch.library.register_fake("oneshot::ray_march")
+    def _fake(colors, densities, depths, density_bias, white_background):
+        lead, S, C = densities.shape[:-1], densities.shape[-1], colors.shape[-1]
+        return (colors.new_empty((*lead, C)), densities.new_empty(lead), densities.new_empty(lead),
+                densities.new_empty((*lead, S - 1)))
+
+    @torch.library.register_fake("oneshot::ray_march_backward")
+    def _fake_backward(gf, gd, go, gw, colors, densities, depths, density_bias, white_background):
+        return colors.new_empty(colors.shape), densities.new_empty(densities.shape)
+
+    def _setup_context(ctx, inputs, output):
+        colors, densities, depths, density_bias, white_background = inputs
+        ctx.save_for_backward(colors, densities, depths)
+        ctx.args = (density_bias, white_background)
+
+    def _backward(ctx, g_features, g_depth, g_opacity, g_weights):
+        colors, densities, depths = ctx.saved_tensors
+        gc, gs = torch.ops.oneshot.ray_march_backward(
+            g_features, g_depth, g_opacity, g_weights, colors, densities, depths, *ctx.args
+        )
+        return gc, gs, None, None, None
+
+    torch.library.register_autograd("oneshot::ray_march", _backward, setup_context=_setup_context)
+
+
+if _extension.status().loaded:
+    _register()

@@ -1,0 +1,99 @@
+"""triplane_sample: bilinear sampling of three feature planes at 3D points."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _extension
+from . import reference
+from ._common import (
+    PLANE_AXES_GOHA,
+    axes_pairs,
+    check_axes,
+    check_batch,
+    check_box_warp,
+    check_same,
+    check_tensor,
+    resolve_backend,
+    shape_of,
+)
+
+__all__ = ["triplane_sample"]
+
+_REDUCE = ("mean", "sum", "none")
+
+
+def triplane_sample(
+    planes: Tensor,  # [B, 3, C, H, W]
+    points: Tensor,  # [B, M, 3]
+    *,
+    box_warp: float = 1.0,
+    axes=PLANE_AXES_GOHA,
+    reduce: str = "mean",
+    backend: str | None = None,
+) -> Tensor:
+    """Sample three axis-aligned feature planes at 3D points (EG3D's tri-plane lookup).
+
+    With c = points * 2 / box_warp, plane p reads (c[..., axes[p][0]], c[..., axes[p][1]]) as the (x, y) of
+    ``grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)`` on ``planes[:, p]``
+    (x indexes W, y indexes H).
+
+    Args:
+        planes: [B, 3, C, H, W] features of the three planes.
+        points: [B, M, 3] points in world units; the box is [-box_warp/2, box_warp/2]^3.
+        box_warp: side of the box the planes span.
+        axes: the coordinate pair each plane reads; ``PLANE_AXES_GOHA`` (xy, xz, zy) or ``PLANE_AXES_EG3D``.
+        reduce: "mean" or "sum" over the planes -> [B, M, C]; "none" -> [B, 3, M, C].
+        backend: None/"auto" (fastest available), "reference", "native" or "triton".
+
+    Returns:
+        [B, M, C] or [B, 3, M, C] in the dtype of planes. Differentiable w.r.t. planes and points.
+    """
+    check_tensor("planes", planes, "[B, 3, C, H, W]", 5)
+    if planes.shape[1] != 3:
+        raise ValueError(f"planes must be [B, 3, C, H, W], got {shape_of(planes)}")
+    check_tensor("points", points, "[B, M, 3]", 3)
+    if points.shape[2] != 3:
+        raise ValueError(f"points must be [B, M, 3], got {shape_of(points)}")
+    check_batch("points", points, "planes", planes)
+    check_same(("planes", "points"), (planes, points))
+    if reduce not in _REDUCE:
+        raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
+    box_warp = check_box_warp(box_warp)
+    flat_axes = check_axes(axes)
+    impl = resolve_backend(backend, "triplane_sample", planes.device, planes.dtype)
+    if impl == "reference":
+        return reference.triplane_sample(planes, points, box_warp, axes_pairs(flat_axes), reduce)
+    return torch.ops.oneshot.triplane_sample(planes, points, box_warp, flat_axes, reduce)
+
+
+def _register() -> None:
+    @torch.library.register_fake("oneshot::triplane_sample")
+    def _fake(planes, points, box_warp, axes, reduce):
+        B, _, C = planes.shape[:3]
+        M = points.shape[1]
+        return planes.new_empty((B, 3, M, C) if reduce == "none" else (B, M, C))
+
+    @torch.library.register_fake("oneshot::triplane_sample_backward")
+    def _fake_backward(grad_out, planes, points, box_warp, axes, reduce, planes_requires_grad, points_requires_grad):
+        gp = planes.new_empty(planes.shape) if planes_requires_grad else planes.new_empty((0,))
+        gx = points.new_empty(points.shape) if points_requires_grad else points.new_empty((0,))
+        return gp, gx
+
+    def _setup_context(ctx, inputs, output):
+        planes, points, box_warp, axes, reduce = inputs
+        ctx.save_for_backward(planes, points)
+        ctx.args = (box_warp, axes, reduce)
+
+    def _backward(ctx, grad):
+        planes, points = ctx.saved_tensors
+        need_planes, need_points = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gp, gx = torch.ops.oneshot.triplane_sample_backward(grad, planes, points, *ctx.args, need_planes, need_points)
+        return (gp if need_planes else None), (gx if need_points else None), None, None, None
+
+    torch.library.register_autograd("oneshot::triplane_sample", _backward, setup_context=_setup_context)
+
+
+if _extension.status().loaded:
+    _register()
