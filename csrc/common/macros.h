@@ -7,3 +7,13 @@
 #else
 #define ONESHOT_HD inline
 #endif
+
+// CPU hot loops are compiled twice, for AVX2 and for the x86-64 baseline, and picked at load time (GCC
+// function multiversioning). No fast-math and no FMA contraction either way (-ffp-contract=off), so both
+// clones give bitwise identical results.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__) && \
+    !defined(ONESHOT_NO_MULTIVERSION)
+#define ONESHOT_CPU_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define ONESHOT_CPU_MULTIVERSION
+#endif

@@ -1,10 +1,14 @@
 // CPU kernels of oneshot::triplane_sample and its backward.
 //
-// Layout: the planes are copied once to channels-last [B, 3, H, W, C], so the C channels of one tap are
-// contiguous and the inner loops are unit-stride over channels.
-// Forward: parallel over points. Backward w.r.t. planes: parallel over (batch, plane, channel block), each
-// block walks all points in order, so there are no data races and the result is bitwise reproducible for
-// any thread count. Backward w.r.t. points: parallel over points.
+// Layout: the kernels read the planes channels-last, [B, 3, H, W, C] with unit channel stride, so the C
+// channels of one tap are contiguous. Planes whose channel stride is already 1 (e.g. a channels-last view)
+// are used in place; others are copied once.
+// Forward: parallel over points.
+// Backward w.r.t. planes: points are bucketed per plane by the row of their top taps (a stable counting
+// sort), and each worker owns a band of rows: it zeroes its rows, then adds the taps that fall in them in
+// bucket order. Writes stay in cache, there are no races, and every cell sums its contributions in the same
+// order for any thread count (bitwise reproducible). The gradient is returned channels-last (a permuted view).
+// Backward w.r.t. points: parallel over points.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -13,10 +17,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_math.h"
 #include "triplane/triplane.h"
 
 namespace oneshot {
@@ -31,166 +37,208 @@ triplane::Reduce parse_reduce(const std::string& reduce) {
   return triplane::kNone;
 }
 
-void check_inputs(const at::Tensor& planes, const at::Tensor& points, at::IntArrayRef axes) {
+void check_inputs(const at::Tensor& planes, const at::Tensor& points, at::IntArrayRef axes, double box_warp) {
   check_dim(planes, 5, "planes", "[B, 3, C, H, W]");
   TORCH_CHECK_VALUE(planes.size(1) == 3, "planes must be [B, 3, C, H, W], got ", shape_str(planes));
   check_dim(points, 3, "points", "[B, M, 3]");
   TORCH_CHECK_VALUE(points.size(2) == 3, "points must be [B, M, 3], got ", shape_str(points));
   TORCH_CHECK_VALUE(points.size(0) == planes.size(0), "points must have the batch size of planes (",
                     planes.size(0), "), got ", points.size(0));
+  TORCH_CHECK_VALUE(box_warp > 0, "box_warp must be > 0, got ", box_warp);
   check_float(planes, "planes");
   check_same_dtype(planes, points, "planes", "points");
   check_same_device(planes, points, "planes", "points");
   check_axes(axes);
 }
 
+// The planes as a channels-last [B, 3, H, W, C] view with unit channel stride (a copy only when needed).
+at::Tensor channels_last(const at::Tensor& planes) {
+  at::Tensor cl = planes.permute({0, 1, 3, 4, 2});
+  return (cl.stride(4) == 1 || cl.size(4) <= 1) ? cl : cl.contiguous();
+}
+
 template <typename T>
 struct Geometry {
   int64_t B, M, C, H, W;
-  T scale;          // 2 / box_warp, rounded to T
+  int64_t sb, sp, sh, sw;  // element strides of the channels-last planes (channel stride 1)
+  T scale;                 // 2 / box_warp, rounded to T
   int64_t ax[3][2];
+  triplane::Reduce reduce;
+
+  // Pointer to the channels of tap (x, y) of plane p.
+  const T* at(const T* base, int64_t b, int p, int64_t y, int64_t x) const {
+    return base + b * sb + p * sp + y * sh + x * sw;
+  }
+  // The gradient row for point (b, m) and plane p (the reduction's output row it read into).
+  const T* grad_row(const T* grad_out, int64_t b, int p, int64_t m) const {
+    return reduce == triplane::kNone ? grad_out + ((b * 3 + p) * M + m) * C : grad_out + (b * M + m) * C;
+  }
+  Taps<T> taps(const T* point, int p) const {
+    return triplane::taps<T>(point[ax[p][0]] * scale, point[ax[p][1]] * scale, W, H);
+  }
 };
 
 template <typename T>
-Geometry<T> geometry(const at::Tensor& planes, const at::Tensor& points, double box_warp, at::IntArrayRef axes) {
+Geometry<T> geometry(const at::Tensor& planes_cl, int64_t M, double box_warp, at::IntArrayRef axes,
+                     triplane::Reduce reduce) {
   Geometry<T> g;
-  g.B = planes.size(0);
-  g.C = planes.size(2);
-  g.H = planes.size(3);
-  g.W = planes.size(4);
-  g.M = points.size(1);
+  g.B = planes_cl.size(0);
+  g.H = planes_cl.size(2);
+  g.W = planes_cl.size(3);
+  g.C = planes_cl.size(4);
+  g.M = M;
+  g.sb = planes_cl.stride(0);
+  g.sp = planes_cl.stride(1);
+  g.sh = planes_cl.stride(2);
+  g.sw = planes_cl.stride(3);
   g.scale = static_cast<T>(2.0 / box_warp);
   for (int p = 0; p < 3; ++p) {
     g.ax[p][0] = axes[2 * p];
     g.ax[p][1] = axes[2 * p + 1];
   }
+  g.reduce = reduce;
   return g;
 }
 
 template <typename T>
-void forward_kernel(const Geometry<T>& g, const T* planes_cl, const T* points, T* out, triplane::Reduce reduce) {
-  const int64_t C = g.C, H = g.H, W = g.W, M = g.M;
-  at::parallel_for(0, g.B * M, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t bm = begin; bm < end; ++bm) {
-      const int64_t b = bm / M, m = bm % M;
-      const T* pt = points + bm * 3;
-      const T c[3] = {pt[0] * g.scale, pt[1] * g.scale, pt[2] * g.scale};
-      T* acc_base = reduce == triplane::kNone ? nullptr : out + bm * C;
-      if (acc_base) {
-        for (int64_t ch = 0; ch < C; ++ch) acc_base[ch] = T(0);
-      }
-      for (int p = 0; p < 3; ++p) {
-        T* acc = acc_base ? acc_base : out + ((b * 3 + p) * M + m) * C;
-        if (!acc_base) {
-          for (int64_t ch = 0; ch < C; ++ch) acc[ch] = T(0);
-        }
-        const Taps<T> t = triplane::taps<T>(c[g.ax[p][0]], c[g.ax[p][1]], W, H);
-        if (!t.any) continue;
-        const T* plane = planes_cl + (b * 3 + p) * H * W * C;
-        for (int k = 0; k < 4; ++k) {
-          int64_t x, y;
-          if (!triplane::tap_inside(t, k, W, H, &x, &y)) continue;
-          const T w = triplane::tap_weight(t, k);
-          const T* v = plane + (y * W + x) * C;
-          for (int64_t ch = 0; ch < C; ++ch) acc[ch] += w * v[ch];
-        }
-      }
-      if (reduce == triplane::kMean) {
-        for (int64_t ch = 0; ch < C; ++ch) acc_base[ch] /= T(3);
+ONESHOT_CPU_MULTIVERSION void forward_range(const Geometry<T>& g, const T* planes, const T* points, T* out,
+                                            int64_t begin, int64_t end) {
+  const int64_t C = g.C, M = g.M;
+  for (int64_t bm = begin; bm < end; ++bm) {
+    const int64_t b = bm / M, m = bm % M;
+    const T* pt = points + bm * 3;
+    T* acc_base = g.reduce == triplane::kNone ? nullptr : out + bm * C;
+    if (acc_base) std::fill(acc_base, acc_base + C, T(0));
+    for (int p = 0; p < 3; ++p) {
+      T* acc = acc_base ? acc_base : out + ((b * 3 + p) * M + m) * C;
+      if (!acc_base) std::fill(acc, acc + C, T(0));
+      const Taps<T> t = g.taps(pt, p);
+      if (!t.any) continue;
+      for (int k = 0; k < 4; ++k) {
+        int64_t x, y;
+        if (!triplane::tap_inside(t, k, g.W, g.H, &x, &y)) continue;
+        const T w = triplane::tap_weight(t, k);
+        const T* v = g.at(planes, b, p, y, x);
+        for (int64_t ch = 0; ch < C; ++ch) acc[ch] += w * v[ch];
       }
     }
-  });
+    if (g.reduce == triplane::kMean) {
+      for (int64_t ch = 0; ch < C; ++ch) acc_base[ch] /= T(3);
+    }
+  }
 }
 
-// grad_out for point (b, m) and plane p: a pointer to C values and the factor the reduction applies.
+// Backward w.r.t. planes, rows [r0, r1) of plane p of batch b; `order` lists the points by the row of their
+// top taps: bucket y0 + 1 (y0 in [-1, H - 1]) is order[offsets[y0 + 1] .. offsets[y0 + 2]).
 template <typename T>
-inline const T* grad_row(const T* grad_out, int64_t b, int p, int64_t m, int64_t M, int64_t C,
-                         triplane::Reduce reduce) {
-  return reduce == triplane::kNone ? grad_out + ((b * 3 + p) * M + m) * C : grad_out + (b * M + m) * C;
+ONESHOT_CPU_MULTIVERSION void backward_planes_band(const Geometry<T>& g, const T* grad_out, const T* points,
+                                                   const int32_t* order, const int64_t* offsets, int64_t b, int p,
+                                                   int64_t r0, int64_t r1, T* grad_cl) {
+  const int64_t C = g.C, W = g.W, H = g.H, M = g.M;
+  const T factor = g.reduce == triplane::kMean ? T(1) / T(3) : T(1);
+  T* plane = grad_cl + (b * 3 + p) * H * W * C;  // contiguous channels-last buffer
+  std::memset(plane + r0 * W * C, 0, sizeof(T) * (r1 - r0) * W * C);
+  // Points whose top row is r0 - 1 .. r1 - 1 have a tap row inside [r0, r1).
+  for (int64_t y0 = r0 - 1; y0 < r1; ++y0) {
+    for (int64_t i = offsets[y0 + 1]; i < offsets[y0 + 2]; ++i) {
+      const int64_t m = order[i];
+      const Taps<T> t = g.taps(points + (b * M + m) * 3, p);
+      const T* go = g.grad_row(grad_out, b, p, m);
+      for (int k = 0; k < 4; ++k) {
+        int64_t x, y;
+        if (!triplane::tap_inside(t, k, W, H, &x, &y) || y < r0 || y >= r1) continue;
+        const T w = triplane::tap_weight(t, k) * factor;
+        T* dst = plane + (y * W + x) * C;
+        for (int64_t ch = 0; ch < C; ++ch) dst[ch] += w * go[ch];
+      }
+    }
+  }
 }
 
 template <typename T>
-void backward_planes_kernel(const Geometry<T>& g, const T* grad_out, const T* points, T* grad_planes_cl,
-                            triplane::Reduce reduce) {
-  const int64_t C = g.C, H = g.H, W = g.W, M = g.M;
-  const T factor = reduce == triplane::kMean ? T(1) / T(3) : T(1);
-  // One work unit = (batch, plane, block of channels one cache line wide): units never share an output.
-  const int64_t block = std::max<int64_t>(1, 64 / static_cast<int64_t>(sizeof(T)));
-  const int64_t nblocks = (C + block - 1) / block;
-  at::parallel_for(0, g.B * 3 * nblocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t blk = unit % nblocks;
-      const int p = static_cast<int>((unit / nblocks) % 3);
-      const int64_t b = unit / (3 * nblocks);
-      const int64_t c0 = blk * block, c1 = std::min(C, c0 + block);
-      T* plane = grad_planes_cl + (b * 3 + p) * H * W * C;
+void backward_planes(const Geometry<T>& g, const T* grad_out, const T* points, T* grad_cl) {
+  const int64_t B = g.B, M = g.M, H = g.H;
+  // Stable counting sort of each (b, p)'s points by top tap row; points with no tap inside are dropped.
+  std::vector<int32_t> order(B * 3 * M);
+  std::vector<int64_t> offsets(B * 3 * (H + 2));
+  at::parallel_for(0, B * 3, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> key(M);
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const int64_t b = bp / 3;
+      const int p = static_cast<int>(bp % 3);
+      int64_t* off = offsets.data() + bp * (H + 2);
+      std::fill(off, off + H + 2, 0);
       for (int64_t m = 0; m < M; ++m) {
-        const T* pt = points + (b * M + m) * 3;
-        const T cx = pt[g.ax[p][0]] * g.scale, cy = pt[g.ax[p][1]] * g.scale;
-        const Taps<T> t = triplane::taps<T>(cx, cy, W, H);
-        if (!t.any) continue;
-        const T* go = grad_row(grad_out, b, p, m, M, C, reduce);
-        for (int k = 0; k < 4; ++k) {
-          int64_t x, y;
-          if (!triplane::tap_inside(t, k, W, H, &x, &y)) continue;
-          const T w = triplane::tap_weight(t, k) * factor;
-          T* dst = plane + (y * W + x) * C;
-          for (int64_t ch = c0; ch < c1; ++ch) dst[ch] += w * go[ch];
-        }
+        const Taps<T> t = g.taps(points + (b * M + m) * 3, p);
+        // Rows y0 and y0 + 1 must touch [0, H): y0 in [-1, H - 1]; taps() guarantees it when any is set.
+        key[m] = t.any ? static_cast<int32_t>(t.y0 + 1) : -1;
+        if (key[m] >= 0) off[key[m] + 1]++;
       }
+      for (int64_t r = 0; r <= H; ++r) off[r + 1] += off[r];
+      std::vector<int64_t> fill(off, off + H + 1);
+      int32_t* ord = order.data() + bp * M;
+      for (int64_t m = 0; m < M; ++m) {
+        if (key[m] >= 0) ord[fill[key[m]]++] = static_cast<int32_t>(m);
+      }
+    }
+  });
+  // Bands of rows: enough work units for every thread, never splitting below one row.
+  const int64_t want = std::max<int64_t>(1, 4 * at::get_num_threads());
+  const int64_t bands = std::min<int64_t>(H, std::max<int64_t>(1, (want + B * 3 - 1) / (B * 3)));
+  at::parallel_for(0, B * 3 * bands, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t bp = unit / bands, band = unit % bands;
+      const int64_t r0 = cpu::split_begin(band, bands, H), r1 = cpu::split_begin(band + 1, bands, H);
+      backward_planes_band<T>(g, grad_out, points, order.data() + bp * M, offsets.data() + bp * (H + 2), bp / 3,
+                              static_cast<int>(bp % 3), r0, r1, grad_cl);
     }
   });
 }
 
 template <typename T>
-void backward_points_kernel(const Geometry<T>& g, const T* grad_out, const T* planes_cl, const T* points,
-                            T* grad_points, triplane::Reduce reduce) {
-  const int64_t C = g.C, H = g.H, W = g.W, M = g.M;
-  const T factor = reduce == triplane::kMean ? T(1) / T(3) : T(1);
-  at::parallel_for(0, g.B * M, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t bm = begin; bm < end; ++bm) {
-      const int64_t b = bm / M, m = bm % M;
-      const T* pt = points + bm * 3;
-      const T c[3] = {pt[0] * g.scale, pt[1] * g.scale, pt[2] * g.scale};
-      T gc[3] = {T(0), T(0), T(0)};
-      for (int p = 0; p < 3; ++p) {
-        const Taps<T> t = triplane::taps<T>(c[g.ax[p][0]], c[g.ax[p][1]], W, H);
-        if (!t.any) continue;
-        const T* go = grad_row(grad_out, b, p, m, M, C, reduce);
-        const T* plane = planes_cl + (b * 3 + p) * H * W * C;
-        T gx = T(0), gy = T(0);
-        for (int k = 0; k < 4; ++k) {
-          int64_t x, y;
-          if (!triplane::tap_inside(t, k, W, H, &x, &y)) continue;
-          const T* v = plane + (y * W + x) * C;
-          T dot = T(0);
-          for (int64_t ch = 0; ch < C; ++ch) dot += go[ch] * v[ch];
-          gx += triplane::tap_dweight_dx(t, k) * dot;
-          gy += triplane::tap_dweight_dy(t, k) * dot;
-        }
-        // d(pixel)/d(c) = size / 2; d(c)/d(point) = scale.
-        gc[g.ax[p][0]] += gx * factor * T(W) / T(2);
-        gc[g.ax[p][1]] += gy * factor * T(H) / T(2);
+ONESHOT_CPU_MULTIVERSION void backward_points_range(const Geometry<T>& g, const T* grad_out, const T* planes,
+                                                    const T* points, T* grad_points, int64_t begin, int64_t end) {
+  const T factor = g.reduce == triplane::kMean ? T(1) / T(3) : T(1);
+  for (int64_t bm = begin; bm < end; ++bm) {
+    const int64_t b = bm / g.M, m = bm % g.M;
+    const T* pt = points + bm * 3;
+    T gc[3] = {T(0), T(0), T(0)};
+    for (int p = 0; p < 3; ++p) {
+      const Taps<T> t = g.taps(pt, p);
+      if (!t.any) continue;
+      const T* go = g.grad_row(grad_out, b, p, m);
+      T gx = T(0), gy = T(0);
+      for (int k = 0; k < 4; ++k) {
+        int64_t x, y;
+        if (!triplane::tap_inside(t, k, g.W, g.H, &x, &y)) continue;
+        const T d = cpu::dot(go, g.at(planes, b, p, y, x), g.C);
+        gx += triplane::tap_dweight_dx(t, k) * d;
+        gy += triplane::tap_dweight_dy(t, k) * d;
       }
-      for (int a = 0; a < 3; ++a) grad_points[bm * 3 + a] = gc[a] * g.scale;
+      // d(pixel)/d(c) = size / 2; d(c)/d(point) = scale (applied below).
+      gc[g.ax[p][0]] += gx * factor * T(g.W) / T(2);
+      gc[g.ax[p][1]] += gy * factor * T(g.H) / T(2);
     }
-  });
+    for (int a = 0; a < 3; ++a) grad_points[bm * 3 + a] = gc[a] * g.scale;
+  }
 }
 
 at::Tensor triplane_sample_cpu(const at::Tensor& planes, const at::Tensor& points, double box_warp,
                                at::IntArrayRef axes, c10::string_view reduce_sv) {
-  check_inputs(planes, points, axes);
+  check_inputs(planes, points, axes, box_warp);
   const auto reduce = parse_reduce(std::string(reduce_sv));
   const int64_t B = planes.size(0), C = planes.size(2), M = points.size(1);
   at::Tensor out = reduce == triplane::kNone ? at::empty({B, 3, M, C}, planes.options())
                                              : at::empty({B, M, C}, planes.options());
   if (out.numel() == 0) return out;
-  const at::Tensor planes_cl = planes.permute({0, 1, 3, 4, 2}).contiguous();
+  const at::Tensor planes_cl = channels_last(planes);
   const at::Tensor pts = points.contiguous();
   AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_cpu", [&] {
-    const auto g = geometry<scalar_t>(planes, points, box_warp, axes);
-    forward_kernel<scalar_t>(g, planes_cl.const_data_ptr<scalar_t>(), pts.const_data_ptr<scalar_t>(),
-                             out.mutable_data_ptr<scalar_t>(), reduce);
+    const auto g = geometry<scalar_t>(planes_cl, M, box_warp, axes, reduce);
+    const scalar_t* pl = planes_cl.const_data_ptr<scalar_t>();
+    const scalar_t* pp = pts.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * M, 256, [&](int64_t begin, int64_t end) { forward_range<scalar_t>(g, pl, pp, o, begin, end); });
   });
   return out;
 }
@@ -200,46 +248,51 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cpu(const at::Tensor
                                                                 at::IntArrayRef axes, c10::string_view reduce_sv,
                                                                 bool planes_requires_grad,
                                                                 bool points_requires_grad) {
-  check_inputs(planes, points, axes);
+  check_inputs(planes, points, axes, box_warp);
   const auto reduce = parse_reduce(std::string(reduce_sv));
   check_same_dtype(planes, grad_out, "planes", "grad_out");
   const int64_t B = planes.size(0), C = planes.size(2), H = planes.size(3), W = planes.size(4);
   const int64_t M = points.size(1);
+  TORCH_CHECK_VALUE(M < (int64_t(1) << 31), "triplane_sample supports M < 2^31 points, got ", M);
   const std::vector<int64_t> expected =
       reduce == triplane::kNone ? std::vector<int64_t>{B, 3, M, C} : std::vector<int64_t>{B, M, C};
   TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), "grad_out must be ", at::IntArrayRef(expected),
                     ", got ", shape_str(grad_out));
-  at::Tensor grad_planes, grad_points;
   const at::Tensor go = grad_out.contiguous();
   const at::Tensor pts = points.contiguous();
-  at::Tensor planes_cl;
+  at::Tensor grad_planes = at::empty({0}, planes.options());
+  at::Tensor grad_points = at::empty({0}, points.options());
   if (planes_requires_grad) {
-    // Accumulate channels-last, then return in the layout of planes' logical shape.
-    at::Tensor grad_cl = at::zeros({B, 3, H, W, C}, planes.options());
-    if (grad_cl.numel() > 0 && M > 0) {
-      AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_backward_planes_cpu", [&] {
-        const auto g = geometry<scalar_t>(planes, points, box_warp, axes);
-        backward_planes_kernel<scalar_t>(g, go.const_data_ptr<scalar_t>(), pts.const_data_ptr<scalar_t>(),
-                                         grad_cl.mutable_data_ptr<scalar_t>(), reduce);
-      });
+    // Channels-last buffer, returned as a [B, 3, C, H, W] view (the layout the kernels read fastest).
+    at::Tensor grad_cl = at::empty({B, 3, H, W, C}, planes.options());
+    if (grad_cl.numel() > 0) {
+      if (M == 0) {
+        grad_cl.zero_();
+      } else {
+        AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_backward_planes_cpu", [&] {
+          const auto g = geometry<scalar_t>(grad_cl, M, box_warp, axes, reduce);
+          backward_planes<scalar_t>(g, go.const_data_ptr<scalar_t>(), pts.const_data_ptr<scalar_t>(),
+                                    grad_cl.mutable_data_ptr<scalar_t>());
+        });
+      }
     }
-    grad_planes = grad_cl.permute({0, 1, 4, 2, 3}).contiguous();
-  } else {
-    grad_planes = at::zeros({0}, planes.options());
+    grad_planes = grad_cl.permute({0, 1, 4, 2, 3});
   }
   if (points_requires_grad) {
     grad_points = at::zeros({B, M, 3}, points.options());
     if (C > 0 && M > 0 && B > 0) {
-      planes_cl = planes.permute({0, 1, 3, 4, 2}).contiguous();
+      const at::Tensor planes_cl = channels_last(planes);
       AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_backward_points_cpu", [&] {
-        const auto g = geometry<scalar_t>(planes, points, box_warp, axes);
-        backward_points_kernel<scalar_t>(g, go.const_data_ptr<scalar_t>(), planes_cl.const_data_ptr<scalar_t>(),
-                                         pts.const_data_ptr<scalar_t>(), grad_points.mutable_data_ptr<scalar_t>(),
-                                         reduce);
+        const auto g = geometry<scalar_t>(planes_cl, M, box_warp, axes, reduce);
+        const scalar_t* pl = planes_cl.const_data_ptr<scalar_t>();
+        const scalar_t* gop = go.const_data_ptr<scalar_t>();
+        const scalar_t* pp = pts.const_data_ptr<scalar_t>();
+        scalar_t* gx = grad_points.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, B * M, 256, [&](int64_t begin, int64_t end) {
+          backward_points_range<scalar_t>(g, gop, pl, pp, gx, begin, end);
+        });
       });
     }
-  } else {
-    grad_points = at::zeros({0}, points.options());
   }
   return {grad_planes, grad_points};
 }

@@ -77,7 +77,9 @@ def _register() -> None:
 
     @torch.library.register_fake("oneshot::triplane_sample_backward")
     def _fake_backward(grad_out, planes, points, box_warp, axes, reduce, planes_requires_grad, points_requires_grad):
-        gp = planes.new_empty(planes.shape) if planes_requires_grad else planes.new_empty((0,))
+        B, _, C, H, W = planes.shape
+        # The kernels return the planes' gradient channels-last: a [B, 3, C, H, W] view of [B, 3, H, W, C].
+        gp = planes.new_empty((B, 3, H, W, C)).permute(0, 1, 4, 2, 3) if planes_requires_grad else planes.new_empty((0,))
         gx = points.new_empty(points.shape) if points_requires_grad else points.new_empty((0,))
         return gp, gx
 
