@@ -1,26 +1,31 @@
-// CPU kernels of oneshot::ray_march and its backward: one ray per iteration of a parallel loop.
+// CPU kernels of oneshot::ray_march and its backward: one ray at a time, rays in parallel.
 //
-// Backward is a reverse sweep per ray. It needs the transmittance T_k in reverse order; recovering it by
-// division from the end of the ray underflows once a few samples are opaque, so a forward pre-pass
-// recomputes T_k from the inputs and parks it in the grad_densities output row (which the reverse sweep then
-// overwrites slot by slot, always after reading it). Nothing is stored per sample beyond the outputs.
+// Each ray is processed in phases so that everything but two short serial scans vectorises:
+//   1. per interval (vectorised): the softplus argument, sigma, exp(-sigma delta), alpha, the softplus slope;
+//   2. the transmittance scan (serial, scalars only): weights, opacity, depth numerator;
+//   3. per sample (vectorised over channels): features += omega_s c_s with omega_s = (w_{s-1} + w_s) / 2.
+// The backward recomputes 1-2 from the inputs (transmittance is never recovered by division from the end of
+// the ray, which underflows once a few samples are opaque), takes <grad_features, c_s> once per sample, runs
+// the reverse sweep for d/d alpha on scalars, and writes the gradients. Scratch is a few arrays of length S
+// per thread; nothing is stored per sample beyond the op's outputs.
+// float uses vectorisable exp/log1p (common/cpu_math.h, ~2 ulp); double uses std:: and torch's formulas.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_math.h"
 #include "raymarch/raymarch.h"
 
 namespace oneshot {
 namespace {
-
-using raymarch::Interval;
 
 struct Dims {
   int64_t R, S, C;
@@ -53,107 +58,137 @@ std::vector<int64_t> with(std::vector<int64_t> lead, std::initializer_list<int64
   return lead;
 }
 
+// Per-thread scratch for one ray.
 template <typename T>
-void forward_kernel(const Dims& d, const T* colors, const T* dens, const T* depths, T density_bias, bool white,
-                    T* feat, T* depth, T* opacity, T* weights) {
-  const int64_t S = d.S, C = d.C, K = S - 1;
-  at::parallel_for(0, d.R, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* col = colors + r * S * C;
-      const T* s = dens + r * S;
-      const T* t = depths + r * S;
-      T* f = feat + r * C;
-      T* w_out = weights + r * K;
-      for (int64_t c = 0; c < C; ++c) f[c] = T(0);
-      T trans = T(1), opac = T(0), num = T(0);
-      for (int64_t k = 0; k < K; ++k) {
-        const Interval<T> iv = raymarch::interval<T>(s[k], s[k + 1], t[k], t[k + 1], density_bias);
-        const T w = iv.alpha * trans;
-        trans = raymarch::next_transmittance(trans, iv.alpha);
-        w_out[k] = w;
-        opac += w;
-        num += w * iv.tbar;
-        const T* c0 = col + k * C;
-        const T* c1 = c0 + C;
-        for (int64_t c = 0; c < C; ++c) f[c] += w * ((c0[c] + c1[c]) / T(2));
-      }
-      if (white) {
-        for (int64_t c = 0; c < C; ++c) f[c] += T(1) - opac;
-      }
-      opacity[r] = opac;
-      depth[r] = raymarch::composite_depth(num, opac, t[0], t[K]);
+struct Scratch {
+  std::vector<T> alpha, e, slope, tbar, delta, trans, w, omega, dots, G;
+  explicit Scratch(int64_t S)
+      : alpha(S), e(S), slope(S), tbar(S), delta(S), trans(S), w(S), omega(S), dots(S), G(S) {}
+};
+
+// Phase 1 for intervals [0, K): alpha, e = exp(-sigma delta), slope = d softplus / dm, tbar, delta.
+template <typename T>
+ONESHOT_CPU_MULTIVERSION void intervals(const T* __restrict__ s, const T* __restrict__ t, int64_t K, T bias,
+                                        T* __restrict__ alpha, T* __restrict__ e, T* __restrict__ slope,
+                                        T* __restrict__ tbar, T* __restrict__ delta) {
+  for (int64_t k = 0; k < K; ++k) {
+    const T m = (s[k] + s[k + 1]) / T(2) + bias;
+    const T dt = t[k + 1] - t[k];
+    T sigma, sl, ek;
+    if constexpr (std::is_same_v<T, float>) {
+      // softplus(m) = max(m, 0) + log1p(exp(-|m|)); identity above torch's threshold of 20.
+      const float en = cpu::fast_exp(-std::fabs(m));
+      const float sp = (m > 0.0f ? m : 0.0f) + cpu::fast_log1p_nonneg(en);
+      const float sg = (m >= 0.0f ? 1.0f : en) / (1.0f + en);
+      sigma = m > 20.0f ? m : sp;
+      sl = m > 20.0f ? 1.0f : sg;
+      ek = cpu::fast_exp(-(sigma * dt));
+    } else {
+      sigma = raymarch::softplus(m);
+      sl = raymarch::softplus_grad(m);
+      ek = std::exp(-(sigma * dt));
     }
-  });
+    e[k] = ek;
+    alpha[k] = T(1) - ek;
+    slope[k] = sl;
+    tbar[k] = (t[k] + t[k + 1]) / T(2);
+    delta[k] = dt;
+  }
+}
+
+// Phase 2: transmittance before each interval, weights, opacity and depth numerator (serial scan).
+template <typename T>
+inline void transmittance(const T* alpha, const T* tbar, int64_t K, T* trans, T* w, T* opacity, T* num) {
+  T tr = T(1), op = T(0), nu = T(0);
+  for (int64_t k = 0; k < K; ++k) {
+    trans[k] = tr;
+    w[k] = alpha[k] * tr;
+    tr = raymarch::next_transmittance(tr, alpha[k]);
+    op += w[k];
+    nu += w[k] * tbar[k];
+  }
+  *opacity = op;
+  *num = nu;
+}
+
+// omega_s = (w_{s-1} + w_s) / 2: the weight of sample s in the midpoint rule.
+template <typename T>
+inline void sample_weights(const T* w, int64_t S, T* omega) {
+  const int64_t K = S - 1;
+  omega[0] = w[0] / T(2);
+  for (int64_t s = 1; s < K; ++s) omega[s] = (w[s - 1] + w[s]) / T(2);
+  omega[K] = w[K - 1] / T(2);
 }
 
 template <typename T>
-void backward_kernel(const Dims& d, const T* g_feat, const T* g_depth, const T* g_opac, const T* g_w, const T* colors,
-                     const T* dens, const T* depths, T density_bias, bool white, T* grad_colors, T* grad_dens) {
+ONESHOT_CPU_MULTIVERSION void forward_ray(const Dims& d, const T* col, const T* s, const T* t, T bias, bool white,
+                                          Scratch<T>& sc, T* f, T* depth, T* opacity, T* w_out) {
   const int64_t S = d.S, C = d.C, K = S - 1;
-  at::parallel_for(0, d.R, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* col = colors + r * S * C;
-      const T* s = dens + r * S;
-      const T* t = depths + r * S;
-      const T* gf = g_feat ? g_feat + r * C : nullptr;
-      const T* gw = g_w ? g_w + r * K : nullptr;
-      T* gc = grad_colors + r * S * C;
-      T* gs = grad_dens + r * S;
+  intervals<T>(s, t, K, bias, sc.alpha.data(), sc.e.data(), sc.slope.data(), sc.tbar.data(), sc.delta.data());
+  T op, num;
+  transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), w_out, &op, &num);
+  sample_weights<T>(w_out, S, sc.omega.data());
+  for (int64_t c = 0; c < C; ++c) f[c] = white ? T(1) - op : T(0);
+  for (int64_t k = 0; k < S; ++k) {
+    const T om = sc.omega[k];
+    const T* ck = col + k * C;
+    for (int64_t c = 0; c < C; ++c) f[c] += om * ck[c];
+  }
+  *opacity = op;
+  *depth = raymarch::composite_depth(num, op, t[0], t[K]);
+}
 
-      // Pre-pass: T_k into gs[k] (scratch), and the opacity / depth numerator exactly as the forward made them.
-      T trans = T(1), opac = T(0), num = T(0);
-      for (int64_t k = 0; k < K; ++k) {
-        const Interval<T> iv = raymarch::interval<T>(s[k], s[k + 1], t[k], t[k + 1], density_bias);
-        gs[k] = trans;
-        const T w = iv.alpha * trans;
-        trans = raymarch::next_transmittance(trans, iv.alpha);
-        opac += w;
-        num += w * iv.tbar;
-      }
-      // dL/dw_k = g_w[k] + <g_feat, cbar_k> + g_opacity_eff + depth_coef * (tbar_k - depth)
-      T g_opac_eff = g_opac ? g_opac[r] : T(0);
-      if (white && gf) {
-        for (int64_t c = 0; c < C; ++c) g_opac_eff -= gf[c];
-      }
-      T depth_coef = T(0), depth_unclamped = T(0);
-      if (g_depth && raymarch::depth_passes_grad(num, opac, t[0], t[K])) {
-        depth_unclamped = num / opac;
-        depth_coef = g_depth[r] / opac;
-      }
+template <typename T>
+ONESHOT_CPU_MULTIVERSION void backward_ray(const Dims& d, const T* col, const T* s, const T* t, T bias, bool white,
+                                           const T* gf, const T* gd, const T* go, const T* gw, Scratch<T>& sc, T* gc,
+                                           T* gs) {
+  const int64_t S = d.S, C = d.C, K = S - 1;
+  intervals<T>(s, t, K, bias, sc.alpha.data(), sc.e.data(), sc.slope.data(), sc.tbar.data(), sc.delta.data());
+  T op, num;
+  transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), sc.w.data(), &op, &num);
 
-      // Reverse sweep. suffix = sum_{i>k} G_i alpha_i prod_{k<j<i} (1 - alpha_j + 1e-10).
-      T suffix = T(0), pending = T(0), w_next = T(0);
-      for (int64_t k = K - 1; k >= 0; --k) {
-        const Interval<T> iv = raymarch::interval<T>(s[k], s[k + 1], t[k], t[k + 1], density_bias);
-        const T trans_k = gs[k];
-        const T w = iv.alpha * trans_k;
-        const T* c0 = col + k * C;
-        const T* c1 = c0 + C;
-        T G = g_opac_eff + depth_coef * (iv.tbar - depth_unclamped);
-        if (gw) G += gw[k];
-        if (gf) {
-          T dot = T(0);
-          for (int64_t c = 0; c < C; ++c) dot += gf[c] * ((c0[c] + c1[c]) / T(2));
-          G += dot;
-          // colors: sample k+1 receives intervals k and k+1 (the latter stored in w_next).
-          T* g1 = gc + (k + 1) * C;
-          for (int64_t c = 0; c < C; ++c) g1[c] = (w + w_next) * gf[c] / T(2);
-        }
-        const T d_alpha = trans_k * (G - suffix);
-        suffix = G * iv.alpha + ((T(1) - iv.alpha) + T(1e-10)) * suffix;
-        const T d_m = d_alpha * iv.delta * iv.e * raymarch::softplus_grad(iv.m);
-        gs[k + 1] = pending + d_m / T(2);
-        pending = d_m / T(2);
-        w_next = w;
-      }
-      gs[0] = pending;
-      if (gf) {
-        for (int64_t c = 0; c < C; ++c) gc[c] = w_next * gf[c] / T(2);
-      } else {
-        for (int64_t i = 0; i < S * C; ++i) gc[i] = T(0);
-      }
+  // dL/dw_k = gw_k + <gf, cbar_k> + g_opacity_eff + depth_coef (tbar_k - depth)
+  T g_op = go ? *go : T(0);
+  if (white && gf) {
+    for (int64_t c = 0; c < C; ++c) g_op -= gf[c];
+  }
+  T depth_coef = T(0), depth_val = T(0);
+  if (gd && raymarch::depth_passes_grad(num, op, t[0], t[K])) {
+    depth_val = num / op;
+    depth_coef = *gd / op;
+  }
+  T* G = sc.G.data();
+  for (int64_t k = 0; k < K; ++k) G[k] = g_op + depth_coef * (sc.tbar[k] - depth_val);
+  if (gw) {
+    for (int64_t k = 0; k < K; ++k) G[k] += gw[k];
+  }
+  if (gf) {
+    for (int64_t k = 0; k < S; ++k) sc.dots[k] = cpu::dot(gf, col + k * C, C);
+    for (int64_t k = 0; k < K; ++k) G[k] += (sc.dots[k] + sc.dots[k + 1]) / T(2);
+  }
+  // Reverse sweep: suffix = sum_{i>k} G_i alpha_i prod_{k<j<i} (1 - alpha_j + 1e-10); dL/dalpha_k = T_k (G_k - suffix).
+  T suffix = T(0);
+  for (int64_t k = K - 1; k >= 0; --k) {
+    const T a = sc.alpha[k];
+    const T d_alpha = sc.trans[k] * (G[k] - suffix);
+    suffix = G[k] * a + ((T(1) - a) + T(1e-10)) * suffix;
+    G[k] = d_alpha;  // reuse: dL/dalpha_k
+  }
+  // dL/dm_k = dL/dalpha_k * delta_k * e_k * softplus'(m_k); each m_k is the mean of samples k and k + 1.
+  for (int64_t k = 0; k < K; ++k) G[k] = G[k] * sc.delta[k] * sc.e[k] * sc.slope[k];
+  gs[0] = G[0] / T(2);
+  for (int64_t k = 1; k < K; ++k) gs[k] = (G[k - 1] + G[k]) / T(2);
+  gs[K] = G[K - 1] / T(2);
+  if (gf) {
+    sample_weights<T>(sc.w.data(), S, sc.omega.data());
+    for (int64_t k = 0; k < S; ++k) {
+      const T om = sc.omega[k];
+      T* g = gc + k * C;
+      for (int64_t c = 0; c < C; ++c) g[c] = om * gf[c];
     }
-  });
+  } else {
+    for (int64_t i = 0; i < S * C; ++i) gc[i] = T(0);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_cpu(const at::Tensor& colors,
@@ -169,10 +204,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_cpu(const a
   if (d.R == 0) return {feat, depth, opacity, weights};
   const at::Tensor col = colors.contiguous(), dens = densities.contiguous(), dep = depths.contiguous();
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "ray_march_cpu", [&] {
-    forward_kernel<scalar_t>(d, col.const_data_ptr<scalar_t>(), dens.const_data_ptr<scalar_t>(),
-                             dep.const_data_ptr<scalar_t>(), static_cast<scalar_t>(density_bias), white_background,
-                             feat.mutable_data_ptr<scalar_t>(), depth.mutable_data_ptr<scalar_t>(),
-                             opacity.mutable_data_ptr<scalar_t>(), weights.mutable_data_ptr<scalar_t>());
+    using T = scalar_t;
+    const T* c = col.const_data_ptr<T>();
+    const T* s = dens.const_data_ptr<T>();
+    const T* t = dep.const_data_ptr<T>();
+    T *f = feat.mutable_data_ptr<T>(), *dp = depth.mutable_data_ptr<T>(), *op = opacity.mutable_data_ptr<T>(),
+      *w = weights.mutable_data_ptr<T>();
+    const T bias = static_cast<T>(density_bias);
+    at::parallel_for(0, d.R, 64, [&](int64_t begin, int64_t end) {
+      Scratch<T> sc(d.S);
+      for (int64_t r = begin; r < end; ++r) {
+        forward_ray<T>(d, c + r * d.S * d.C, s + r * d.S, t + r * d.S, bias, white_background, sc, f + r * d.C,
+                       dp + r, op + r, w + r * (d.S - 1));
+      }
+    });
   });
   return {feat, depth, opacity, weights};
 }
@@ -184,6 +229,7 @@ std::optional<at::Tensor> grad_arg(const std::optional<at::Tensor>& g, const std
   TORCH_CHECK_VALUE(g->sizes() == at::IntArrayRef(shape), name, " must be ", at::IntArrayRef(shape), ", got ",
                     shape_str(*g));
   check_same_dtype(like, *g, "colors", name);
+  check_same_device(like, *g, "colors", name);
   return g->contiguous();
 }
 
@@ -200,15 +246,29 @@ std::tuple<at::Tensor, at::Tensor> ray_march_backward_cpu(
   at::Tensor grad_colors = at::empty(colors.sizes(), colors.options());
   at::Tensor grad_dens = at::empty(densities.sizes(), densities.options());
   if (d.R == 0) return {grad_colors, grad_dens};
+  cpu::advise_huge_pages(grad_colors.data_ptr(), grad_colors.nbytes());
   const at::Tensor col = colors.contiguous(), dens = densities.contiguous(), dep = depths.contiguous();
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "ray_march_backward_cpu", [&] {
-    auto ptr = [](const std::optional<at::Tensor>& g) -> const scalar_t* {
-      return g.has_value() ? g->const_data_ptr<scalar_t>() : nullptr;
+    using T = scalar_t;
+    auto ptr = [](const std::optional<at::Tensor>& g) -> const T* {
+      return g.has_value() ? g->const_data_ptr<T>() : nullptr;
     };
-    backward_kernel<scalar_t>(d, ptr(gf), ptr(gd), ptr(go), ptr(gw), col.const_data_ptr<scalar_t>(),
-                              dens.const_data_ptr<scalar_t>(), dep.const_data_ptr<scalar_t>(),
-                              static_cast<scalar_t>(density_bias), white_background,
-                              grad_colors.mutable_data_ptr<scalar_t>(), grad_dens.mutable_data_ptr<scalar_t>());
+    const T *pgf = ptr(gf), *pgd = ptr(gd), *pgo = ptr(go), *pgw = ptr(gw);
+    const T* c = col.const_data_ptr<T>();
+    const T* s = dens.const_data_ptr<T>();
+    const T* t = dep.const_data_ptr<T>();
+    T* gc = grad_colors.mutable_data_ptr<T>();
+    T* gs = grad_dens.mutable_data_ptr<T>();
+    const T bias = static_cast<T>(density_bias);
+    const int64_t S = d.S, C = d.C, K = S - 1;
+    at::parallel_for(0, d.R, 64, [&](int64_t begin, int64_t end) {
+      Scratch<T> sc(S);
+      for (int64_t r = begin; r < end; ++r) {
+        backward_ray<T>(d, c + r * S * C, s + r * S, t + r * S, bias, white_background, pgf ? pgf + r * C : nullptr,
+                        pgd ? pgd + r : nullptr, pgo ? pgo + r : nullptr, pgw ? pgw + r * K : nullptr, sc,
+                        gc + r * S * C, gs + r * S);
+      }
+    });
   });
   return {grad_colors, grad_dens};
 }
