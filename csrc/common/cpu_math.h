@@ -53,7 +53,8 @@ namespace cpu {
 
 // Branch-free float exp and log1p that GCC vectorises (the AVX2 clone runs 8 lanes), for the per-sample
 // transcendentals of the CPU kernels. Cephes-style range reduction and minimax polynomials: max error about
-// 2 ulp over the float range (tested against std:: in tests/test_cpu_math.py through the ops). double uses std::.
+// 2 ulp (exp) and 3 ulp (log1p) against std:: over the float range; the ray_march float32 tests check the
+// kernels that use them against the reference. double uses std::.
 inline float fast_exp(float x) {
   // Below kLo the result is under 2.4e-38 and flushed to 0; above kHi it overflows to +inf.
   const float kLog2e = 1.44269504088896341f, kC1 = 0.693359375f, kC2 = -2.12194440e-4f;

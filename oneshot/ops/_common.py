@@ -49,10 +49,12 @@ def check_batch(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
 
 
 def check_box_warp(box_warp) -> float:
+    if isinstance(box_warp, torch.SymFloat):  # traced with dynamic=True: the value is not known here
+        return box_warp
     if isinstance(box_warp, bool) or not isinstance(box_warp, numbers.Real):
         raise TypeError(f"box_warp must be a positive number, got {type(box_warp).__name__}")
     box_warp = float(box_warp)
-    if not (math.isfinite(box_warp) and box_warp > 0):
+    if not (0 < box_warp < math.inf):
         raise ValueError(f"box_warp must be a positive finite number, got {box_warp}")
     return box_warp
 

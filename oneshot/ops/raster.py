@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
@@ -99,11 +98,11 @@ def rasterize_points(
             raise ValueError(f"valid must be [B, N] = {shape_of(points)[:2]}, got {shape_of(valid)}")
         if valid.device != points.device:
             raise ValueError(f"valid must be on the device of points ({points.device}), got {valid.device}")
-    if max_distance is not None:
+    if max_distance is not None and not isinstance(max_distance, torch.SymFloat):
         if isinstance(max_distance, bool) or not isinstance(max_distance, numbers.Real):
             raise TypeError(f"max_distance must be a number or None, got {type(max_distance).__name__}")
         max_distance = float(max_distance)
-        if math.isnan(max_distance) or max_distance < 0:
+        if not max_distance >= 0:  # also rejects NaN
             raise ValueError(f"max_distance must be >= 0, got {max_distance}")
     align_corners = bool(align_corners)
     impl = resolve_backend(backend, "rasterize_points", points.device, points.dtype)

@@ -1,0 +1,225 @@
+"""Shared benchmark harness: timing (median and spread), peak memory, machine description, CSV + markdown.
+
+CPU timing is wall time over repeats (after a warm-up); GPU timing uses ``triton.testing.do_bench`` when
+Triton is installed, CUDA events otherwise. Peak memory is the growth of the process's resident set over the
+run on CPU (peak RSS reset through /proc/self/clear_refs) and ``torch.cuda.max_memory_allocated`` on GPU.
+Ratios are always between providers measured in the same run on the same machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import datetime
+import gc
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Result:
+    op: str
+    case: str  # the size / distribution, human-readable
+    mode: str  # fwd, fwd+bwd, index, ...
+    provider: str  # reference, native, triton, ckdtree, ...
+    median_ms: float
+    q25_ms: float
+    q75_ms: float
+    repeats: int
+    peak_mb: float
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def machine() -> dict:
+    info = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
+    }
+    try:
+        import oneshot
+
+        info["oneshot"] = oneshot.__version__
+    except Exception:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _rss_kb(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+class PeakMemory:
+    """Peak memory growth (MiB) while the block runs: CPU resident set, or CUDA allocator peak."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mb = float("nan")
+
+    def __enter__(self):
+        _release_memory()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+                self.base = _rss_kb("VmRSS")
+            except OSError:
+                self.base = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        elif self.base is not None:
+            self.mb = (_rss_kb("VmHWM") - self.base) / 1024
+        return False
+
+
+def measure(fn: Callable[[], object], device: torch.device, *, min_repeats=3, max_repeats=20, budget_s=2.0):
+    """(median, q25, q75) in ms, repeats, peak MiB. Runs fn once to warm up (and to measure memory)."""
+    with PeakMemory(device) as mem:
+        fn()
+    if device.type == "cuda":
+        try:
+            import triton.testing
+
+            q = triton.testing.do_bench(fn, quantiles=[0.5, 0.25, 0.75], rep=int(budget_s * 1000 / 4))
+            return q[0], q[1], q[2], -1, mem.mb
+        except ImportError:
+            return _cuda_events(fn, min_repeats, max_repeats) + (mem.mb,)
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return _stats(times) + (len(times), mem.mb)
+
+
+def _stats(times):
+    if len(times) == 1:
+        return times[0], times[0], times[0]
+    q = statistics.quantiles(times, n=4, method="inclusive")
+    return statistics.median(times), q[0], q[2]
+
+
+def _cuda_events(fn, min_repeats, max_repeats):
+    times = []
+    for _ in range(max(min_repeats, min(max_repeats, 10))):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return _stats(times) + (len(times),)
+
+
+def run_case(results: list, op, case, mode, provider, fn, device, note="", **kw) -> Result:
+    med, q25, q75, reps, peak = measure(fn, device, **kw)
+    r = Result(op, case, mode, provider, med, q25, q75, reps, peak, note)
+    results.append(r)
+    print(f"  {op:17s} {case:38s} {mode:8s} {provider:10s} {med:10.2f} ms  [{q25:.2f}, {q75:.2f}]  peak {peak:8.1f} MiB",
+          flush=True)
+    return r
+
+
+def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("reference", "ckdtree")) -> tuple[Path, Path]:
+    """Write <name>.csv and <name>.md: every measurement, plus speed-ups against each baseline provider
+    measured for the same (op, case, mode) in this run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    present = [b for b in baselines if any(r.provider == b for r in results)]
+    csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([f"# {k}={v}" for k, v in info.items()])
+        keys = [k for k in asdict(results[0]) if k != "extra"] if results else []
+        w.writerow(keys + [f"speedup_vs_{b}" for b in present])
+        for r in results:
+            w.writerow([getattr(r, k) for k in keys] + [_speedup(results, r, b) for b in present])
+    lines = [
+        f"# oneshot kernel benchmarks: {name}",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        "Median wall time of repeats [25th-75th percentile]; speed-up = baseline median / provider median, "
+        "measured side by side in this run. Peak = memory growth during one call (resident set on CPU).",
+        "",
+        "| op | case | mode | provider | median ms | IQR ms | peak MiB | " + " | ".join(f"vs {b}" for b in present) + " |",
+        "|---|---|---|---|---:|---:|---:|" + "---:|" * len(present),
+    ]
+    for r in results:
+        sp = " | ".join(_speedup(results, r, b) for b in present)
+        lines.append(
+            f"| {r.op} | {r.case} | {r.mode} | {r.provider} | {r.median_ms:.2f} | {r.q25_ms:.2f}-{r.q75_ms:.2f} | "
+            f"{r.peak_mb:.0f} | {sp} |"
+        )
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def _speedup(results, r, baseline) -> str:
+    if r.provider == baseline:
+        return ""
+    for b in results:
+        if (b.op, b.case, b.mode, b.provider) == (r.op, r.case, r.mode, baseline) and r.median_ms > 0:
+            return f"{b.median_ms / r.median_ms:.1f}x"
+    return ""
+
+
+def device_arg(name: str | None) -> torch.device:
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def threads_note() -> str:
+    return f"{torch.get_num_threads()} threads" + (
+        f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else ""
+    )

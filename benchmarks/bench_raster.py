@@ -1,0 +1,114 @@
+"""rasterize_points: native vs reference (chunked distance + argmin, as the released GOHA code) vs
+scipy.spatial.cKDTree (build + query per plane, workers=-1, then the same feature gather).
+
+Modes: "index" is the nearest-point search alone (native/reference with C = 0 features; cKDTree build +
+query), "fwd" includes the feature gather into [B, 3, C, H, W] planes, "fwd+bwd" adds the backward.
+
+    python benchmarks/bench_raster.py [--quick] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import _harness as H  # noqa: E402
+from benchmarks.scenes import lifted_depth  # noqa: E402
+from oneshot import ops  # noqa: E402
+from oneshot.ops import reference  # noqa: E402
+
+OP = "rasterize_points"
+AXES = ops.PLANE_AXES_GOHA
+
+
+def cases(quick: bool):
+    # (label, points generator, channels, resolution, providers)
+    yield "lifted 128^2 depth -> 3x128^2, C32", "lifted", 32, 128, ("reference", "native", "ckdtree")
+    yield "uniform 16384 pts -> 3x128^2, C32", "uniform", 32, 128, ("native", "ckdtree")
+    yield "lifted 128^2 depth -> 3x256^2, C32", "lifted", 32, 256, ("native", "ckdtree")
+    if not quick:
+        yield "lifted 128^2 depth -> 3x128^2, C256", "lifted", 256, 128, ("native", "ckdtree")
+
+
+def make_points(kind: str, device):
+    if kind == "lifted":
+        return lifted_depth(128, device)
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(1, 16384, 3, generator=g) * 0.6 - 0.3).to(device)
+
+
+def ckdtree_index(points: torch.Tensor, res: int) -> torch.Tensor:
+    """[1, 3, res, res] nearest indices by scipy's cKDTree, on the same pinned cell centres."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    c = (points[0] * torch.tensor(2.0, dtype=points.dtype)).cpu().numpy()
+    centres = reference.cell_centres(res, False, points.dtype).numpy()
+    q = np.stack(np.meshgrid(centres, centres, indexing="xy"), -1).reshape(-1, 2)
+    out = []
+    for a, b in AXES:
+        _, idx = cKDTree(c[:, [a, b]]).query(q, workers=-1)
+        out.append(torch.from_numpy(idx.reshape(res, res)))
+    return torch.stack(out)[None]
+
+
+def gather(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    B, _, Hh, W = index.shape
+    flat = index.reshape(B, -1, 1).expand(-1, -1, features.shape[-1])
+    return torch.gather(features, 1, flat).reshape(B, 3, Hh, W, -1).permute(0, 1, 4, 2, 3).contiguous()
+
+
+def run(device: torch.device, quick: bool, results: list) -> None:
+    for label, kind, C, res, provs in cases(quick):
+        points = make_points(kind, device)
+        g = torch.Generator().manual_seed(1)
+        feats = torch.randn(1, points.shape[1], C, generator=g).to(device).requires_grad_()
+        cot = torch.randn(1, 3, C, res, res, generator=g).to(device)
+        for provider in provs:
+            if provider == "ckdtree":
+                if device.type != "cpu":
+                    continue
+                H.run_case(results, OP, label, "index", provider, lambda: ckdtree_index(points, res), device)
+                H.run_case(results, OP, label, "fwd", provider,
+                           lambda: gather(feats.detach(), ckdtree_index(points, res)), device)
+                continue
+            empty = feats.detach()[..., :0]
+
+            def index_only():
+                ops.rasterize_points(points, empty, res, backend=provider)
+                H.sync(device)
+
+            def fwd():
+                with torch.no_grad():
+                    ops.rasterize_points(points, feats, res, backend=provider)
+                H.sync(device)
+
+            def fwd_bwd():
+                planes, _ = ops.rasterize_points(points, feats, res, backend=provider)
+                torch.autograd.grad(planes, feats, cot)
+                H.sync(device)
+
+            budget = {"min_repeats": 1, "max_repeats": 3} if provider == "reference" else {}
+            H.run_case(results, OP, label, "index", provider, index_only, device, **budget)
+            H.run_case(results, OP, label, "fwd", provider, fwd, device, **budget)
+            H.run_case(results, OP, label, "fwd+bwd", provider, fwd_bwd, device, **budget)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="skip the largest sizes")
+    p.add_argument("--device", default=None)
+    p.add_argument("--name", default=None)
+    a = p.parse_args(argv)
+    device = H.device_arg(a.device)
+    results = []
+    run(device, a.quick, results)
+    print(*H.write(results, a.name or f"raster_{device.type}"), sep="\n")
+
+
+if __name__ == "__main__":
+    main()

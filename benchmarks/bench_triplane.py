@@ -1,0 +1,71 @@
+"""triplane_sample: native vs reference (grid_sample, as EG3D), forward and forward+backward.
+
+    python benchmarks/bench_triplane.py [--quick] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import _harness as H  # noqa: E402
+from benchmarks.scenes import ray_samples  # noqa: E402
+from oneshot import ops  # noqa: E402
+
+OP = "triplane_sample"
+
+
+def cases(quick: bool):
+    # (label, C, plane resolution, rays per side, samples per ray)
+    yield "C32 64^2, 32^2 rays x 16 (16K pts)", 32, 64, 32, 16
+    yield "C32 256^2, 128^2 rays x 12 (196K pts)", 32, 256, 128, 12
+    if not quick:
+        yield "C32 256^2, 128^2 rays x 96 (1.57M pts)", 32, 256, 128, 96
+
+
+def providers(device):
+    out = ["reference", "native"]
+    if ops.backend_info()["triton"] and device.type == "cuda":
+        out.append("triton")
+    return out
+
+
+def run(device: torch.device, quick: bool, results: list) -> None:
+    for label, C, res, rays, samples in cases(quick):
+        g = torch.Generator().manual_seed(0)
+        planes = torch.randn(1, 3, C, res, res, generator=g).to(device).requires_grad_()
+        points = ray_samples(rays, samples, device=device).requires_grad_()
+        cot = torch.randn(1, points.shape[1], C, generator=g).to(device)
+        for provider in providers(device):
+            def fwd():
+                with torch.no_grad():
+                    ops.triplane_sample(planes, points, backend=provider)
+                H.sync(device)
+
+            def fwd_bwd():
+                out = ops.triplane_sample(planes, points, backend=provider)
+                torch.autograd.grad(out, (planes, points), cot)
+                H.sync(device)
+
+            H.run_case(results, OP, label, "fwd", provider, fwd, device)
+            H.run_case(results, OP, label, "fwd+bwd", provider, fwd_bwd, device)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="skip the largest sizes")
+    p.add_argument("--device", default=None)
+    p.add_argument("--name", default=None, help="results file stem (default: triplane_<device>)")
+    a = p.parse_args(argv)
+    device = H.device_arg(a.device)
+    results = []
+    run(device, a.quick, results)
+    print(*H.write(results, a.name or f"triplane_{device.type}"), sep="\n")
+
+
+if __name__ == "__main__":
+    main()
