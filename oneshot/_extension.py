@@ -6,8 +6,9 @@ against and is read *before* the library is opened, so a stale build is reported
 instead of an undefined-symbol error or a crash. When it is missing or stale, the ops fall back to the
 pure-PyTorch reference and one :class:`ExtensionUnavailableWarning` says what to rebuild.
 
-``ONESHOT_JIT=1`` opts in to compiling the extension at import with ``torch.utils.cpp_extension.load``
-(from a source checkout; it takes a few minutes and says so). It is never done silently.
+``ONESHOT_JIT=1`` opts in to compiling the extension at import with ``torch.utils.cpp_extension.load`` when
+no usable prebuilt one exists (from a source checkout; it takes a few minutes, says so, and is cached by torch);
+``ONESHOT_JIT=force`` always compiles the checkout's sources (after editing them). Never done silently.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def _load_jit() -> ExtensionStatus:
             name="oneshot_jit" + ("_cuda" if with_cuda else ""),
             sources=sources,
             extra_include_paths=[str(d / i) for i in cfg["include_dirs"]],
-            extra_cflags=list(cfg["cxx_flags"]) + [f'-DONESHOT_TORCH_VERSION="{torch.__version__}"'],
+            # the flags pass through a shell (ninja): escape the quotes of the string macro
+            extra_cflags=list(cfg["cxx_flags"]) + [f'-DONESHOT_TORCH_VERSION=\\"{torch.__version__}\\"'],
             extra_cuda_cflags=list(cfg["nvcc_flags"]) if with_cuda else None,
             extra_ldflags=list(cfg["link_flags"]),
             is_python_module=False,
@@ -125,9 +127,13 @@ def _load_jit() -> ExtensionStatus:
 
 
 def _load() -> ExtensionStatus:
-    st = _load_prebuilt()
-    if not st.loaded and os.environ.get("ONESHOT_JIT", "0") == "1":
+    jit = os.environ.get("ONESHOT_JIT", "0").lower()
+    if jit == "force":  # developer loop: compile the checkout's sources even when a prebuilt library exists
         st = _load_jit()
+    else:
+        st = _load_prebuilt()
+        if not st.loaded and jit in ("1", "true", "yes", "on"):
+            st = _load_jit()
     if not st.loaded:
         st = ExtensionStatus(False, built_torch=st.built_torch, error=f"{st.error}; {REBUILD_HINT}")
         warnings.warn(

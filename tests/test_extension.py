@@ -184,3 +184,26 @@ def test_version_mismatch_rule(monkeypatch, built, running, stale):
     assert bool(why) is stale, why
     if stale:
         assert built in why and running in why
+
+
+@pytest.mark.slow
+def test_jit_build_compiles_the_checkout_and_registers_native_kernels(tmp_path):
+    """ONESHOT_JIT=force compiles csrc/ (the list in build.json) with torch.utils.cpp_extension.load and the
+    native kernels then run: the JIT path cannot rot unnoticed. Slow: it compiles every translation unit."""
+    code = textwrap.dedent(
+        """
+        import json, torch, oneshot
+        from oneshot import ops
+        info = ops.backend_info()
+        planes, points = torch.randn(1, 3, 4, 5, 6), torch.rand(1, 7, 3) - 0.5
+        same = torch.allclose(ops.triplane_sample(planes, points, backend="native"),
+                              ops.triplane_sample(planes, points, backend="reference"), atol=1e-6)
+        print(json.dumps({"info": info, "same": same}))
+        """
+    )
+    env = dict(os.environ, ONESHOT_JIT="force", TORCH_EXTENSIONS_DIR=str(tmp_path), MAX_JOBS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["info"]["extension_source"] == "jit", res
+    assert res["info"]["native_cpu"] and res["same"], res

@@ -32,28 +32,6 @@ ONESHOT_HD T softplus_grad(T x) {
   return z / (z + T(1));
 }
 
-// One interval of the march: the quantities every pass needs.
-template <typename T>
-struct Interval {
-  T m;      // (s_i + s_{i+1}) / 2 + density_bias: the softplus argument
-  T delta;  // t_{i+1} - t_i
-  T e;      // exp(-sigma delta) = 1 - alpha
-  T alpha;
-  T tbar;
-};
-
-template <typename T>
-ONESHOT_HD Interval<T> interval(T s0, T s1, T t0, T t1, T density_bias) {
-  Interval<T> iv;
-  iv.m = (s0 + s1) / T(2) + density_bias;
-  iv.delta = t1 - t0;
-  const T sigma = softplus(iv.m);
-  iv.e = exp(-sigma * iv.delta);
-  iv.alpha = T(1) - iv.e;
-  iv.tbar = (t0 + t1) / T(2);
-  return iv;
-}
-
 // T_{i+1} from T_i.
 template <typename T>
 ONESHOT_HD T next_transmittance(T trans, T alpha) {
