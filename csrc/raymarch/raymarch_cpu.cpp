@@ -66,8 +66,9 @@ struct Scratch {
       : alpha(S), e(S), slope(S), tbar(S), delta(S), trans(S), w(S), omega(S), dots(S), G(S) {}
 };
 
-// Phase 1 for intervals [0, K): alpha, e = exp(-sigma delta), slope = d softplus / dm, tbar, delta.
-template <typename T>
+// Phase 1 for intervals [0, K): alpha, e = exp(-sigma delta), slope = d softplus / dm (kSlope: the backward
+// only), tbar, delta.
+template <typename T, bool kSlope>
 ONESHOT_CPU_MULTIVERSION void intervals(const T* __restrict__ s, const T* __restrict__ t, int64_t K, T bias,
                                         T* __restrict__ alpha, T* __restrict__ e, T* __restrict__ slope,
                                         T* __restrict__ tbar, T* __restrict__ delta) {
@@ -85,12 +86,12 @@ ONESHOT_CPU_MULTIVERSION void intervals(const T* __restrict__ s, const T* __rest
       ek = cpu::fast_exp(-(sigma * dt));
     } else {
       sigma = raymarch::softplus(m);
-      sl = raymarch::softplus_grad(m);
+      sl = kSlope ? raymarch::softplus_grad(m) : T(0);
       ek = std::exp(-(sigma * dt));
     }
     e[k] = ek;
     alpha[k] = T(1) - ek;
-    slope[k] = sl;
+    if (kSlope) slope[k] = sl;
     tbar[k] = (t[k] + t[k + 1]) / T(2);
     delta[k] = dt;
   }
@@ -124,7 +125,7 @@ template <typename T>
 ONESHOT_CPU_MULTIVERSION void forward_ray(const Dims& d, const T* col, const T* s, const T* t, T bias, bool white,
                                           Scratch<T>& sc, T* f, T* depth, T* opacity, T* w_out) {
   const int64_t S = d.S, C = d.C, K = S - 1;
-  intervals<T>(s, t, K, bias, sc.alpha.data(), sc.e.data(), sc.slope.data(), sc.tbar.data(), sc.delta.data());
+  intervals<T, false>(s, t, K, bias, sc.alpha.data(), sc.e.data(), sc.slope.data(), sc.tbar.data(), sc.delta.data());
   T op, num;
   transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), w_out, &op, &num);
   sample_weights<T>(w_out, S, sc.omega.data());
@@ -143,7 +144,7 @@ ONESHOT_CPU_MULTIVERSION void backward_ray(const Dims& d, const T* col, const T*
                                            const T* gf, const T* gd, const T* go, const T* gw, Scratch<T>& sc, T* gc,
                                            T* gs) {
   const int64_t S = d.S, C = d.C, K = S - 1;
-  intervals<T>(s, t, K, bias, sc.alpha.data(), sc.e.data(), sc.slope.data(), sc.tbar.data(), sc.delta.data());
+  intervals<T, true>(s, t, K, bias, sc.alpha.data(), sc.e.data(), sc.slope.data(), sc.tbar.data(), sc.delta.data());
   T op, num;
   transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), sc.w.data(), &op, &num);
 

@@ -4,11 +4,12 @@
 // channels of one tap are contiguous. Planes whose channel stride is already 1 (e.g. a channels-last view)
 // are used in place; others are copied once.
 // Forward: parallel over points.
-// Backward w.r.t. planes: points are bucketed per plane by the row of their top taps (a stable counting
-// sort), and each worker owns a band of rows: it zeroes its rows, then adds the taps that fall in them in
-// bucket order. Writes stay in cache, there are no races, and every cell sums its contributions in the same
-// order for any thread count (bitwise reproducible). The gradient is returned channels-last (a permuted view).
-// Backward w.r.t. points: parallel over points.
+// Backward: points are bucketed per plane by the row of their top taps (a stable counting sort), and each
+// worker owns a band of rows: it zeroes its rows of the planes' gradient, then adds the taps that fall in them
+// in bucket order, and takes the dot products that d/d(points) needs while those rows are in cache (each row's
+// half of a point's derivative is kept apart and summed in a fixed order at the end). No races, and every sum
+// has the same order for any thread count (bitwise reproducible). The planes' gradient is returned
+// channels-last (a permuted view).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -204,16 +205,20 @@ ONESHOT_CPU_MULTIVERSION void forward_range(const Geometry<T>& g, const T* plane
   }
 }
 
-// Backward w.r.t. planes, rows [r0, r1) of plane p of batch b; `order` lists the points by the row of their
-// top taps: bucket y0 + 1 (y0 in [-1, H - 1]) is order[offsets[y0 + 1] .. offsets[y0 + 2]).
+// Backward over rows [r0, r1) of plane p of batch b. `order` lists the points by the row of their top taps:
+// bucket y0 + 1 (y0 in [-1, H - 1]) is order[offsets[y0 + 1] .. offsets[y0 + 2]).
+//  - grad_cl (optional): the planes' gradient, channels-last; this band zeroes its rows, then adds the taps in them.
+//  - partial (optional): per point and plane, the two halves (top row, bottom row) of d/d(pixel x, pixel y),
+//    [B, 3, M, 2, 2]; the band that owns a row writes that half. The dot products read the planes row-locally
+//    (the points are sorted by row), which is what makes this cheaper than a pass in point order.
 template <typename T>
-ONESHOT_CPU_MULTIVERSION void backward_planes_band(const Geometry<T>& g, const T* grad_out, const T* points,
-                                                   const int32_t* order, const int64_t* offsets, int64_t b, int p,
-                                                   int64_t r0, int64_t r1, T* grad_cl) {
+ONESHOT_CPU_MULTIVERSION void backward_band(const Geometry<T>& g, const T* grad_out, const T* points, const T* planes,
+                                            const int32_t* order, const int64_t* offsets, int64_t b, int p, int64_t r0,
+                                            int64_t r1, T* grad_cl, T* partial) {
   const int64_t C = g.C, W = g.W, H = g.H, M = g.M;
   const T factor = g.reduce == triplane::kMean ? T(1) / T(3) : T(1);
-  T* plane = grad_cl + (b * 3 + p) * H * W * C;  // contiguous channels-last buffer
-  std::memset(plane + r0 * W * C, 0, sizeof(T) * (r1 - r0) * W * C);
+  T* plane = grad_cl ? grad_cl + (b * 3 + p) * H * W * C : nullptr;  // contiguous channels-last buffer
+  if (plane) std::memset(plane + r0 * W * C, 0, sizeof(T) * (r1 - r0) * W * C);
   // Points whose top row is r0 - 1 .. r1 - 1 have a tap row inside [r0, r1).
   const int64_t last = offsets[r1 + 1];  // buckets y0 = r0 - 1 .. r1 - 1 are contiguous in `order`
   const int64_t lines = std::min<int64_t>(4, (C * static_cast<int64_t>(sizeof(T)) + 63) / 64);
@@ -228,89 +233,103 @@ ONESHOT_CPU_MULTIVERSION void backward_planes_band(const Geometry<T>& g, const T
       const int64_t m = order[i];
       const Taps<T> t = g.taps(points + (b * M + m) * 3, p);
       const T* go = g.grad_row(grad_out, b, p, m);
+      T hx[2] = {T(0), T(0)}, hy[2] = {T(0), T(0)};
       for (int k = 0; k < 4; ++k) {
         int64_t x, y;
         if (!triplane::tap_inside(t, k, W, H, &x, &y) || y < r0 || y >= r1) continue;
-        const T w = triplane::tap_weight(t, k) * factor;
-        T* dst = plane + (y * W + x) * C;
-        for (int64_t ch = 0; ch < C; ++ch) dst[ch] += w * go[ch];
+        if (plane) {
+          const T w = triplane::tap_weight(t, k) * factor;
+          T* dst = plane + (y * W + x) * C;
+          for (int64_t ch = 0; ch < C; ++ch) dst[ch] += w * go[ch];
+        }
+        if (partial) {
+          const T d = cpu::dot(go, g.at(planes, b, p, y, x), C);
+          hx[k >> 1] += triplane::tap_dweight_dx(t, k) * d;
+          hy[k >> 1] += triplane::tap_dweight_dy(t, k) * d;
+        }
+      }
+      if (partial) {
+        for (int h = 0; h < 2; ++h) {
+          if (t.y0 + h < r0 || t.y0 + h >= r1) continue;  // that row belongs to another band
+          T* out = partial + (((b * 3 + p) * M + m) * 2 + h) * 2;
+          out[0] = hx[h];
+          out[1] = hy[h];
+        }
       }
     }
   }
 }
 
+// d/d(points) from the halves: sum top + bottom per plane, then planes in order (a fixed summation order).
 template <typename T>
-void backward_planes(const Geometry<T>& g, const T* grad_out, const T* points, T* grad_cl) {
+ONESHOT_CPU_MULTIVERSION void combine_points(const Geometry<T>& g, const T* partial, T* grad_points, int64_t begin,
+                                             int64_t end) {
+  const T factor = g.reduce == triplane::kMean ? T(1) / T(3) : T(1);
+  for (int64_t bm = begin; bm < end; ++bm) {
+    const int64_t b = g.B == 1 ? 0 : bm / g.M, m = bm - b * g.M;
+    T gc[3] = {T(0), T(0), T(0)};
+    for (int p = 0; p < 3; ++p) {
+      const T* h = partial + ((b * 3 + p) * g.M + m) * 4;
+      // d(pixel)/d(c) = size / 2; d(c)/d(point) = scale (applied below).
+      gc[g.ax[p][0]] += (h[0] + h[2]) * factor * T(g.W) / T(2);
+      gc[g.ax[p][1]] += (h[1] + h[3]) * factor * T(g.H) / T(2);
+    }
+    for (int a = 0; a < 3; ++a) grad_points[bm * 3 + a] = gc[a] * g.scale;
+  }
+}
+
+// Backward: a stable counting sort of each (b, p)'s points by top tap row (points with no tap inside are
+// dropped), then bands of rows in parallel (backward_band), then the points' gradient from the halves.
+// g describes the (channels-last) planes; grad_cl / grad_points may be null when not wanted.
+template <typename T>
+void backward(const Geometry<T>& g, const T* grad_out, const T* points, const T* planes, T* grad_cl, T* grad_points) {
   const int64_t B = g.B, M = g.M, H = g.H;
-  // Stable counting sort of each (b, p)'s points by top tap row; points with no tap inside are dropped.
+  // Keys (the top tap row + 1, or -1 without taps) in parallel over points, then a counting sort per plane.
+  std::vector<int32_t> key(B * 3 * M);
+  at::parallel_for(0, B * M, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t bm = begin; bm < end; ++bm) {
+      const int64_t b = g.B == 1 ? 0 : bm / M, m = bm - b * M;
+      for (int p = 0; p < 3; ++p) {
+        const Taps<T> t = g.taps(points + bm * 3, p);
+        // Rows y0 and y0 + 1 must touch [0, H): y0 in [-1, H - 1]; taps() guarantees it when any is set.
+        key[(b * 3 + p) * M + m] = t.any ? static_cast<int32_t>(t.y0 + 1) : -1;
+      }
+    }
+  });
   std::vector<int32_t> order(B * 3 * M);
   std::vector<int64_t> offsets(B * 3 * (H + 2));
   at::parallel_for(0, B * 3, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> key(M);
     for (int64_t bp = begin; bp < end; ++bp) {
-      const int64_t b = bp / 3;
-      const int p = static_cast<int>(bp % 3);
+      const int32_t* k = key.data() + bp * M;
       int64_t* off = offsets.data() + bp * (H + 2);
       std::fill(off, off + H + 2, 0);
       for (int64_t m = 0; m < M; ++m) {
-        const Taps<T> t = g.taps(points + (b * M + m) * 3, p);
-        // Rows y0 and y0 + 1 must touch [0, H): y0 in [-1, H - 1]; taps() guarantees it when any is set.
-        key[m] = t.any ? static_cast<int32_t>(t.y0 + 1) : -1;
-        if (key[m] >= 0) off[key[m] + 1]++;
+        if (k[m] >= 0) off[k[m] + 1]++;
       }
       for (int64_t r = 0; r <= H; ++r) off[r + 1] += off[r];
       std::vector<int64_t> fill(off, off + H + 1);
       int32_t* ord = order.data() + bp * M;
       for (int64_t m = 0; m < M; ++m) {
-        if (key[m] >= 0) ord[fill[key[m]]++] = static_cast<int32_t>(m);
+        if (k[m] >= 0) ord[fill[k[m]]++] = static_cast<int32_t>(m);
       }
     }
   });
+  std::vector<T> partial(grad_points ? B * 3 * M * 4 : 0, T(0));
   // Bands of rows: enough work units for every thread, never splitting below one row.
-  const int64_t want = std::max<int64_t>(1, 4 * at::get_num_threads());
+  const int64_t want = std::max<int64_t>(1, 8 * at::get_num_threads());
   const int64_t bands = std::min<int64_t>(H, std::max<int64_t>(1, (want + B * 3 - 1) / (B * 3)));
   at::parallel_for(0, B * 3 * bands, 1, [&](int64_t begin, int64_t end) {
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t bp = unit / bands, band = unit % bands;
       const int64_t r0 = cpu::split_begin(band, bands, H), r1 = cpu::split_begin(band + 1, bands, H);
-      backward_planes_band<T>(g, grad_out, points, order.data() + bp * M, offsets.data() + bp * (H + 2), bp / 3,
-                              static_cast<int>(bp % 3), r0, r1, grad_cl);
+      backward_band<T>(g, grad_out, points, planes, order.data() + bp * M, offsets.data() + bp * (H + 2), bp / 3,
+                       static_cast<int>(bp % 3), r0, r1, grad_cl, grad_points ? partial.data() : nullptr);
     }
   });
-}
-
-// d/d(point) of one point: per tap, <grad_out row, tap channels> accumulated over register blocks of
-// channels (a fixed summation order), then combined with the weight derivatives.
-template <typename T>
-ONESHOT_CPU_MULTIVERSION void backward_points_range(const Geometry<T>& g, const T* grad_out, const T* planes,
-                                                    const T* points, T* grad_points, int64_t begin, int64_t end) {
-  const T factor = g.reduce == triplane::kMean ? T(1) / T(3) : T(1);
-  const int64_t C = g.C;
-  PointTaps<T> ring[kAhead];
-  for (int64_t bm = begin; bm < std::min(end, begin + kAhead - 1); ++bm) gather_ahead(g, planes, points, bm, ring);
-  int64_t b = begin / g.M, m = begin % g.M;
-  for (int64_t bm = begin; bm < end; ++bm) {
-    if (bm + kAhead - 1 < end) gather_ahead(g, planes, points, bm + kAhead - 1, ring);
-    const PointTaps<T>& pt = ring[bm % kAhead];
-    T gc[3] = {T(0), T(0), T(0)};
-    for (int p = 0; p < 3; ++p) {
-      if (pt.begin[p] == pt.begin[p + 1]) continue;
-      const T* go = g.grad_row(grad_out, b, p, m);
-      T gx = T(0), gy = T(0);
-      for (int t = pt.begin[p]; t < pt.begin[p + 1]; ++t) {
-        const T d = cpu::dot(go, pt.ptr[t], C);
-        gx += pt.dx[t] * d;
-        gy += pt.dy[t] * d;
-      }
-      // d(pixel)/d(c) = size / 2; d(c)/d(point) = scale (applied below).
-      gc[g.ax[p][0]] += gx * factor * T(g.W) / T(2);
-      gc[g.ax[p][1]] += gy * factor * T(g.H) / T(2);
-    }
-    for (int a = 0; a < 3; ++a) grad_points[bm * 3 + a] = gc[a] * g.scale;
-    if (++m == g.M) {
-      m = 0;
-      ++b;
-    }
+  if (grad_points) {
+    at::parallel_for(0, B * M, 1024, [&](int64_t begin, int64_t end) {
+      combine_points<T>(g, partial.data(), grad_points, begin, end);
+    });
   }
 }
 
@@ -353,38 +372,24 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cpu(const at::Tensor
   const at::Tensor pts = points.contiguous();
   at::Tensor grad_planes = at::empty({0}, planes.options());
   at::Tensor grad_points = at::empty({0}, points.options());
-  if (planes_requires_grad) {
-    // Channels-last buffer, returned as a [B, 3, C, H, W] view (the layout the kernels read fastest).
-    at::Tensor grad_cl = at::empty({B, 3, H, W, C}, planes.options());
-    if (grad_cl.numel() > 0) {
-      if (M == 0) {
-        grad_cl.zero_();
-      } else {
-        AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_backward_planes_cpu", [&] {
-          const auto g = geometry<scalar_t>(grad_cl, M, box_warp, axes, reduce);
-          backward_planes<scalar_t>(g, go.const_data_ptr<scalar_t>(), pts.const_data_ptr<scalar_t>(),
-                                    grad_cl.mutable_data_ptr<scalar_t>());
-        });
-      }
-    }
-    grad_planes = grad_cl.permute({0, 1, 4, 2, 3});
+  // The planes' gradient is accumulated channels-last and returned as a [B, 3, C, H, W] view of it.
+  at::Tensor grad_cl = planes_requires_grad ? at::empty({B, 3, H, W, C}, planes.options()) : at::Tensor();
+  if (grad_cl.defined()) cpu::advise_huge_pages(grad_cl.data_ptr(), grad_cl.nbytes());
+  if (points_requires_grad) grad_points = at::zeros({B, M, 3}, points.options());
+  const bool points_work = points_requires_grad && C > 0 && M > 0 && B > 0;
+  if (grad_cl.defined() && M == 0) grad_cl.zero_();
+  if ((grad_cl.defined() && grad_cl.numel() > 0 && M > 0) || points_work) {
+    // The planes' values are read only for d/d(points); otherwise a view supplies the geometry.
+    const at::Tensor planes_cl = points_work ? channels_last(planes) : planes.permute({0, 1, 3, 4, 2});
+    AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_backward_cpu", [&] {
+      const auto g = geometry<scalar_t>(planes_cl, M, box_warp, axes, reduce);
+      backward<scalar_t>(g, go.const_data_ptr<scalar_t>(), pts.const_data_ptr<scalar_t>(),
+                         planes_cl.const_data_ptr<scalar_t>(),
+                         grad_cl.defined() && grad_cl.numel() > 0 ? grad_cl.mutable_data_ptr<scalar_t>() : nullptr,
+                         points_work ? grad_points.mutable_data_ptr<scalar_t>() : nullptr);
+    });
   }
-  if (points_requires_grad) {
-    grad_points = at::zeros({B, M, 3}, points.options());
-    if (C > 0 && M > 0 && B > 0) {
-      const at::Tensor planes_cl = channels_last(planes);
-      AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_backward_points_cpu", [&] {
-        const auto g = geometry<scalar_t>(planes_cl, M, box_warp, axes, reduce);
-        const scalar_t* pl = planes_cl.const_data_ptr<scalar_t>();
-        const scalar_t* gop = go.const_data_ptr<scalar_t>();
-        const scalar_t* pp = pts.const_data_ptr<scalar_t>();
-        scalar_t* gx = grad_points.mutable_data_ptr<scalar_t>();
-        at::parallel_for(0, B * M, 256, [&](int64_t begin, int64_t end) {
-          backward_points_range<scalar_t>(g, gop, pl, pp, gx, begin, end);
-        });
-      });
-    }
-  }
+  if (grad_cl.defined()) grad_planes = grad_cl.permute({0, 1, 4, 2, 3});
   return {grad_planes, grad_points};
 }
 

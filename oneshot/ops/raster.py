@@ -130,11 +130,12 @@ def _register() -> None:
     def _setup_context(ctx, inputs, output):
         ctx.num_points = inputs[0].shape[1]
         ctx.save_for_backward(output[1])
+        ctx.set_materialize_grads(False)
 
     def _backward(ctx, grad_planes, grad_index):
         (index,) = ctx.saved_tensors
         grad_features = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and grad_planes is not None:
             grad_features = torch.ops.oneshot.rasterize_points_backward(grad_planes, index, ctx.num_points)
         return (None, grad_features) + (None,) * 7
 

@@ -85,8 +85,11 @@ def _register() -> None:
         colors, densities, depths, density_bias, white_background = inputs
         ctx.save_for_backward(colors, densities, depths)
         ctx.args = (density_bias, white_background)
+        ctx.set_materialize_grads(False)  # unused outputs arrive as None: no zero tensors to build and read
 
     def _backward(ctx, g_features, g_depth, g_opacity, g_weights):
+        if g_features is None and g_depth is None and g_opacity is None and g_weights is None:
+            return None, None, None, None, None
         colors, densities, depths = ctx.saved_tensors
         gc, gs = torch.ops.oneshot.ray_march_backward(
             g_features, g_depth, g_opacity, g_weights, colors, densities, depths, *ctx.args

@@ -87,8 +87,11 @@ def _register() -> None:
         planes, points, box_warp, axes, reduce = inputs
         ctx.save_for_backward(planes, points)
         ctx.args = (box_warp, axes, reduce)
+        ctx.set_materialize_grads(False)
 
     def _backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None, None
         planes, points = ctx.saved_tensors
         need_planes, need_points = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gp, gx = torch.ops.oneshot.triplane_sample_backward(grad, planes, points, *ctx.args, need_planes, need_points)
