@@ -15,9 +15,9 @@
 //     ascending index order, so the smallest d^2 wins and ties go to the lowest index, exactly.
 // Tiles of kTile x kTile cells (with their filtered candidates) are the parallel work units.
 //
-// Gather and backward run channel-major (features transposed to [B, C, N]) so each channel's source row
-// stays in cache; the backward scatter-add is parallel over (batch, channel) and walks the cells in order,
-// so it is race-free and bitwise reproducible.
+// The gather reads each cell's feature row once and streams it into the channel planes. The backward
+// scatter-add runs channel-major (into [B, C, N], then transposed): parallel over (batch, channel), walking
+// the cells in order, so it is race-free and bitwise reproducible.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -326,15 +326,39 @@ void nearest_kernel(const Args& g, const T* points, const bool* valid, T scale, 
   });
 }
 
+// planes[b, p, c, cell] = features[b, index[b, p, cell], c] (0 where empty), as a blocked transpose: for a
+// tile of kTileCells cells x kTileChannels channels, each cell's slice of its feature row is read once into a
+// small buffer, which is then written out as kTileChannels sequential runs. Parallel over (batch, plane, cells).
+constexpr int64_t kTileCells = 64, kTileChannels = 16;
+
 template <typename T>
-void gather_kernel(int64_t B, int64_t N, int64_t C, int64_t HW, const T* feat_t, const int64_t* index, T* planes) {
-  at::parallel_for(0, B * 3 * C, 1, [&](int64_t begin, int64_t end) {
+ONESHOT_CPU_MULTIVERSION void gather_tile(const T* feat, int64_t C, const int64_t* idx, int64_t k0, int64_t k1,
+                                          int64_t HW, T* planes) {
+  T buf[kTileChannels][kTileCells];
+  const int64_t n = k1 - k0;
+  for (int64_t c0 = 0; c0 < C; c0 += kTileChannels) {
+    const int64_t nc = std::min(kTileChannels, C - c0);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = idx[k0 + j];
+      if (i < 0) {
+        for (int64_t l = 0; l < nc; ++l) buf[l][j] = T(0);
+      } else {
+        const T* src = feat + i * C + c0;
+        for (int64_t l = 0; l < nc; ++l) buf[l][j] = src[l];
+      }
+    }
+    for (int64_t l = 0; l < nc; ++l) std::memcpy(planes + (c0 + l) * HW + k0, buf[l], sizeof(T) * n);
+  }
+}
+
+template <typename T>
+void gather_kernel(int64_t B, int64_t N, int64_t C, int64_t HW, const T* features, const int64_t* index, T* planes) {
+  const int64_t tiles = (HW + kTileCells - 1) / kTileCells;
+  at::parallel_for(0, B * 3 * tiles, 16, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t c = u % C, bp = u / C, b = bp / 3;
-      const T* src = feat_t + (b * C + c) * N;
-      const int64_t* idx = index + bp * HW;
-      T* dst = planes + u * HW;
-      for (int64_t cell = 0; cell < HW; ++cell) dst[cell] = idx[cell] >= 0 ? src[idx[cell]] : T(0);
+      const int64_t bp = u / tiles, k = u % tiles, b = bp / 3;
+      gather_tile<T>(features + b * N * C, C, index + bp * HW, k * kTileCells, std::min(HW, (k + 1) * kTileCells), HW,
+                     planes + bp * C * HW);
     }
   });
 }
@@ -406,9 +430,9 @@ std::tuple<at::Tensor, at::Tensor> rasterize_points_cpu(const at::Tensor& points
                              static_cast<scalar_t>(2.0 / box_warp), align_corners, max_distance,
                              index.mutable_data_ptr<int64_t>());
     if (g.C > 0) {
-      const at::Tensor feat_t = features.transpose(1, 2).contiguous();  // [B, C, N]
-      gather_kernel<scalar_t>(g.B, g.N, g.C, g.H * g.W, feat_t.const_data_ptr<scalar_t>(),
-                              index.const_data_ptr<int64_t>(), planes.mutable_data_ptr<scalar_t>());
+      const at::Tensor feat = features.contiguous();  // [B, N, C]
+      gather_kernel<scalar_t>(g.B, g.N, g.C, g.H * g.W, feat.const_data_ptr<scalar_t>(), index.const_data_ptr<int64_t>(),
+                              planes.mutable_data_ptr<scalar_t>());
     }
   });
   return {planes, index};
