@@ -8,6 +8,7 @@ Ratios are always between providers measured in the same run on the same machine
 
 from __future__ import annotations
 
+import argparse
 import csv
 import ctypes
 import datetime
@@ -223,3 +224,33 @@ def threads_note() -> str:
     return f"{torch.get_num_threads()} threads" + (
         f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else ""
     )
+
+
+def run_fwd_and_fwd_bwd(results: list, op, case, provider, device, call: Callable[[], object],
+                        backward: Callable[[object], object], **kw) -> None:
+    """Time `call()` under no_grad ("fwd"), and `backward(call())` ("fwd+bwd")."""
+
+    def fwd():
+        with torch.no_grad():
+            call()
+        sync(device)
+
+    def fwd_bwd():
+        backward(call())
+        sync(device)
+
+    run_case(results, op, case, "fwd", provider, fwd, device, **kw)
+    run_case(results, op, case, "fwd+bwd", provider, fwd_bwd, device, **kw)
+
+
+def main(run: Callable, stem: str, doc: str, argv=None) -> None:
+    """Command line of one benchmark script: run(device, quick, results), then write <stem>_<device>.*."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="skip the largest sizes")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--name", default=None, help=f"results file stem (default: {stem}_<device>)")
+    a = p.parse_args(argv)
+    device = device_arg(a.device)
+    results: list = []
+    run(device, a.quick, results)
+    print(*write(results, a.name or f"{stem}_{device.type}"), sep="\n")

@@ -9,7 +9,6 @@ query), "fwd" includes the feature gather into [B, 3, C, H, W] planes, "fwd+bwd"
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -82,33 +81,17 @@ def run(device: torch.device, quick: bool, results: list) -> None:
                 ops.rasterize_points(points, empty, res, backend=provider)
                 H.sync(device)
 
-            def fwd():
-                with torch.no_grad():
-                    ops.rasterize_points(points, feats, res, backend=provider)
-                H.sync(device)
-
-            def fwd_bwd():
-                planes, _ = ops.rasterize_points(points, feats, res, backend=provider)
-                torch.autograd.grad(planes, feats, cot)
-                H.sync(device)
-
             budget = {"min_repeats": 1, "max_repeats": 3} if provider == "reference" else {}
             H.run_case(results, OP, label, "index", provider, index_only, device, **budget)
-            H.run_case(results, OP, label, "fwd", provider, fwd, device, **budget)
-            H.run_case(results, OP, label, "fwd+bwd", provider, fwd_bwd, device, **budget)
-
+            H.run_fwd_and_fwd_bwd(
+                results, OP, label, provider, device,
+                lambda: ops.rasterize_points(points, feats, res, backend=provider),
+                lambda out: torch.autograd.grad(out[0], feats, cot),
+                **budget,
+            )
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="skip the largest sizes")
-    p.add_argument("--device", default=None)
-    p.add_argument("--name", default=None)
-    a = p.parse_args(argv)
-    device = H.device_arg(a.device)
-    results = []
-    run(device, a.quick, results)
-    print(*H.write(results, a.name or f"raster_{device.type}"), sep="\n")
-
+    H.main(run, "raster", __doc__, argv)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -37,31 +36,14 @@ def run(device: torch.device, quick: bool, results: list) -> None:
         cots = (torch.randn(R, C, generator=g).to(device), torch.randn(R, generator=g).to(device))
         providers = ["reference", "native"] + (["triton"] if ops.backend_info()["triton"] and device.type == "cuda" else [])
         for provider in providers:
-            def fwd():
-                with torch.no_grad():
-                    ops.ray_march(colors, densities, depths, backend=provider)
-                H.sync(device)
-
-            def fwd_bwd():
-                out = ops.ray_march(colors, densities, depths, backend=provider)
-                torch.autograd.grad((out.features, out.depth), (colors, densities), cots)
-                H.sync(device)
-
-            H.run_case(results, OP, label, "fwd", provider, fwd, device)
-            H.run_case(results, OP, label, "fwd+bwd", provider, fwd_bwd, device)
-
+            H.run_fwd_and_fwd_bwd(
+                results, OP, label, provider, device,
+                lambda: ops.ray_march(colors, densities, depths, backend=provider),
+                lambda out: torch.autograd.grad((out.features, out.depth), (colors, densities), cots),
+            )
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="skip the largest sizes")
-    p.add_argument("--device", default=None)
-    p.add_argument("--name", default=None)
-    a = p.parse_args(argv)
-    device = H.device_arg(a.device)
-    results = []
-    run(device, a.quick, results)
-    print(*H.write(results, a.name or f"raymarch_{device.type}"), sep="\n")
-
+    H.main(run, "raymarch", __doc__, argv)
 
 if __name__ == "__main__":
     main()

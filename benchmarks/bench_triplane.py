@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -41,31 +40,14 @@ def run(device: torch.device, quick: bool, results: list) -> None:
         points = ray_samples(rays, samples, device=device).requires_grad_()
         cot = torch.randn(1, points.shape[1], C, generator=g).to(device)
         for provider in providers(device):
-            def fwd():
-                with torch.no_grad():
-                    ops.triplane_sample(planes, points, backend=provider)
-                H.sync(device)
-
-            def fwd_bwd():
-                out = ops.triplane_sample(planes, points, backend=provider)
-                torch.autograd.grad(out, (planes, points), cot)
-                H.sync(device)
-
-            H.run_case(results, OP, label, "fwd", provider, fwd, device)
-            H.run_case(results, OP, label, "fwd+bwd", provider, fwd_bwd, device)
-
+            H.run_fwd_and_fwd_bwd(
+                results, OP, label, provider, device,
+                lambda: ops.triplane_sample(planes, points, backend=provider),
+                lambda out: torch.autograd.grad(out, (planes, points), cot),
+            )
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="skip the largest sizes")
-    p.add_argument("--device", default=None)
-    p.add_argument("--name", default=None, help="results file stem (default: triplane_<device>)")
-    a = p.parse_args(argv)
-    device = H.device_arg(a.device)
-    results = []
-    run(device, a.quick, results)
-    print(*H.write(results, a.name or f"triplane_{device.type}"), sep="\n")
-
+    H.main(run, "triplane", __doc__, argv)
 
 if __name__ == "__main__":
     main()
