@@ -65,7 +65,19 @@ def triplane_sample(
     impl = resolve_backend(backend, "triplane_sample", planes.device, planes.dtype)
     if impl == "reference":
         return reference.triplane_sample(planes, points, box_warp, axes_pairs(flat_axes), reduce)
-    return torch.ops.oneshot.triplane_sample(planes, points, box_warp, flat_axes, reduce)
+    return torch.ops.oneshot.triplane_sample(channels_last(planes), points, box_warp, flat_axes, reduce)
+
+
+def channels_last(planes: Tensor) -> Tensor:
+    """planes [B, 3, C, H, W] as a view whose channels are contiguous (a copy only when they are not).
+
+    The kernels read one tap's C channels at a time, so they want this layout. Converting here, outside the op,
+    means the autograd graph saves the converted tensor: the backward reuses it instead of converting again,
+    and the planes' gradient (also channels-last) flows back through the view without a copy.
+    """
+    if planes.stride(2) == 1 or planes.shape[2] <= 1:
+        return planes
+    return planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
 def _register() -> None:
