@@ -111,7 +111,7 @@ struct PointTaps {
 };
 
 template <typename T>
-inline void gather_taps(const Geometry<T>& g, const T* planes, const T* point, int64_t b, PointTaps<T>& pt) {
+__attribute__((always_inline)) inline void gather_taps(const Geometry<T>& g, const T* planes, const T* point, int64_t b, PointTaps<T>& pt) {
   int n = 0;
   for (int p = 0; p < 3; ++p) {
     pt.begin[p] = n;
@@ -170,7 +170,7 @@ constexpr int kAhead = 4;  // points gathered (and their taps prefetched) ahead 
 
 // Gather point bm's taps into its ring slot and prefetch them.
 template <typename T>
-inline void gather_ahead(const Geometry<T>& g, const T* planes, const T* points, int64_t bm, PointTaps<T>* ring) {
+__attribute__((always_inline)) inline void gather_ahead(const Geometry<T>& g, const T* planes, const T* points, int64_t bm, PointTaps<T>* ring) {
   PointTaps<T>& pt = ring[bm % kAhead];
   gather_taps(g, planes, points + bm * 3, g.B == 1 ? 0 : bm / g.M, pt);
   prefetch_taps(pt, g.C);
@@ -205,6 +205,42 @@ ONESHOT_CPU_MULTIVERSION void forward_range(const Geometry<T>& g, const T* plane
   }
 }
 
+// The two taps (x0, y), (x0 + 1, y) of one row, both inside: in one pass over the channels, add w_a go and
+// w_b go to their gradient cells (adjacent: dst and dst + C) and, when va / vb are given, accumulate
+// <go, dx_a va + dx_b vb> and <go, dy_a va + dy_b vb> (eight fixed partial sums each: a fixed order).
+template <typename T>
+inline void fused_row_pair(const T* __restrict__ go, int64_t C, T* __restrict__ dst, T wa, T wb,
+                           const T* __restrict__ va, const T* __restrict__ vb, T dxa, T dxb, T dya, T dyb, T* hx,
+                           T* hy) {
+  if (dst) {
+    T* da = dst;
+    T* db = dst + C;
+    for (int64_t c = 0; c < C; ++c) {
+      da[c] += wa * go[c];
+      db[c] += wb * go[c];
+    }
+  }
+  if (va) {
+    T ax[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+    T ay[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8) {
+      for (int l = 0; l < 8; ++l) {
+        ax[l] += go[c + l] * (dxa * va[c + l] + dxb * vb[c + l]);
+        ay[l] += go[c + l] * (dya * va[c + l] + dyb * vb[c + l]);
+      }
+    }
+    T sx = ((ax[0] + ax[1]) + (ax[2] + ax[3])) + ((ax[4] + ax[5]) + (ax[6] + ax[7]));
+    T sy = ((ay[0] + ay[1]) + (ay[2] + ay[3])) + ((ay[4] + ay[5]) + (ay[6] + ay[7]));
+    for (; c < C; ++c) {
+      sx += go[c] * (dxa * va[c] + dxb * vb[c]);
+      sy += go[c] * (dya * va[c] + dyb * vb[c]);
+    }
+    *hx += sx;
+    *hy += sy;
+  }
+}
+
 // Backward over rows [r0, r1) of plane p of batch b. `order` lists the points by the row of their top taps:
 // bucket y0 + 1 (y0 in [-1, H - 1]) is order[offsets[y0 + 1] .. offsets[y0 + 2]).
 //  - grad_cl (optional): the planes' gradient, channels-last; this band zeroes its rows, then adds the taps in them.
@@ -234,7 +270,23 @@ ONESHOT_CPU_MULTIVERSION void backward_band(const Geometry<T>& g, const T* grad_
       const Taps<T> t = g.taps(points + (b * M + m) * 3, p);
       const T* go = g.grad_row(grad_out, b, p, m);
       T hx[2] = {T(0), T(0)}, hy[2] = {T(0), T(0)};
+      bool done[2] = {false, false};
+      // Common case: both taps of a row inside the plane and the band: one fused pass over the channels.
+      for (int h = 0; h < 2; ++h) {
+        int64_t xa, ya, xb, yb;
+        if (!triplane::tap_inside(t, 2 * h, W, H, &xa, &ya) || !triplane::tap_inside(t, 2 * h + 1, W, H, &xb, &yb) ||
+            ya < r0 || ya >= r1) {
+          continue;
+        }
+        fused_row_pair<T>(go, C, plane ? plane + (ya * W + xa) * C : nullptr,
+                          triplane::tap_weight(t, 2 * h) * factor, triplane::tap_weight(t, 2 * h + 1) * factor,
+                          partial ? g.at(planes, b, p, ya, xa) : nullptr, partial ? g.at(planes, b, p, yb, xb) : nullptr,
+                          triplane::tap_dweight_dx(t, 2 * h), triplane::tap_dweight_dx(t, 2 * h + 1),
+                          triplane::tap_dweight_dy(t, 2 * h), triplane::tap_dweight_dy(t, 2 * h + 1), &hx[h], &hy[h]);
+        done[h] = true;
+      }
       for (int k = 0; k < 4; ++k) {
+        if (done[k >> 1]) continue;
         int64_t x, y;
         if (!triplane::tap_inside(t, k, W, H, &x, &y) || y < r0 || y >= r1) continue;
         if (plane) {
