@@ -37,7 +37,8 @@ def triplane_sample(
 
     With c = points * 2 / box_warp, plane p reads (c[..., axes[p][0]], c[..., axes[p][1]]) as the (x, y) of
     ``grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)`` on ``planes[:, p]``
-    (x indexes W, y indexes H).
+    (x indexes W, y indexes H). Points with non-finite coordinates are unspecified (the native kernels give 0,
+    grid_sample gives NaN).
 
     Args:
         planes: [B, 3, C, H, W] features of the three planes.
