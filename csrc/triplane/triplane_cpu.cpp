@@ -106,7 +106,6 @@ template <typename T>
 struct PointTaps {
   const T* ptr[12];
   T w[12];
-  T dx[12], dy[12];  // d(weight)/d(pixel x), d(weight)/d(pixel y)
   int begin[4];      // taps of plane p are [begin[p], begin[p + 1])
 };
 
@@ -121,8 +120,6 @@ __attribute__((always_inline)) inline void gather_taps(const Geometry<T>& g, con
       if (!triplane::tap_inside(t, k, g.W, g.H, &x, &y)) continue;
       pt.ptr[n] = g.at(planes, b, p, y, x);
       pt.w[n] = triplane::tap_weight(t, k);
-      pt.dx[n] = triplane::tap_dweight_dx(t, k);
-      pt.dy[n] = triplane::tap_dweight_dy(t, k);
       ++n;
     }
   }
