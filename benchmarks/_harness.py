@@ -13,11 +13,10 @@ import csv
 import ctypes
 import datetime
 import gc
-import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +37,6 @@ class Result:
     repeats: int
     peak_mb: float
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def machine() -> dict:
@@ -175,7 +173,7 @@ def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("ref
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow([f"# {k}={v}" for k, v in info.items()])
-        keys = [k for k in asdict(results[0]) if k != "extra"] if results else []
+        keys = list(asdict(results[0])) if results else []
         w.writerow(keys + [f"speedup_vs_{b}" for b in present])
         for r in results:
             w.writerow([getattr(r, k) for k in keys] + [_speedup(results, r, b) for b in present])
@@ -218,12 +216,6 @@ def device_arg(name: str | None) -> torch.device:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def threads_note() -> str:
-    return f"{torch.get_num_threads()} threads" + (
-        f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else ""
-    )
 
 
 def run_fwd_and_fwd_bwd(results: list, op, case, provider, device, call: Callable[[], object],

@@ -38,8 +38,10 @@ inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const ch
 
 inline void check_axes(at::IntArrayRef axes) {
   TORCH_CHECK_VALUE(axes.size() == 6, "axes must hold 6 ints (3 planes x 2 coordinates), got ", axes.size());
-  for (auto a : axes) {
-    TORCH_CHECK_VALUE(a >= 0 && a <= 2, "axes entries must be 0, 1 or 2, got ", axes);
+  for (size_t i = 0; i < axes.size(); ++i) {
+    TORCH_CHECK_VALUE(axes[i] >= 0 && axes[i] <= 2, "axes entries must be 0, 1 or 2, got ", axes);
+    TORCH_CHECK_VALUE(i % 2 == 0 || axes[i] != axes[i - 1], "axes must pair two distinct coordinates per plane, got ",
+                      axes);
   }
 }
 
