@@ -10,6 +10,8 @@
 //                      -> planes [B, 3, C, H, W], index [B, 3, H, W] int64 (-1 = empty)
 #include <torch/library.h>
 
+#include "common/cpu_buffers.h"
+
 #ifndef ONESHOT_TORCH_VERSION
 #define ONESHOT_TORCH_VERSION "unknown"
 #endif
@@ -32,6 +34,9 @@ TORCH_LIBRARY(oneshot, m) {
       "rasterize_points(Tensor points, Tensor features, int height, int width, float box_warp, int[] axes, "
       "Tensor? valid, float? max_distance, bool align_corners) -> (Tensor, Tensor)");
   m.def("rasterize_points_backward(Tensor grad_planes, Tensor index, int num_points) -> Tensor");
+
+  // Frees the large CPU output buffers kept for reuse (common/cpu_buffers.h); returns the bytes freed.
+  m.def("_empty_cpu_cache() -> int", []() -> int64_t { return oneshot::cpu::LargeBufferCache::get().clear(); });
 
   // The torch version this library was compiled against, for diagnostics (oneshot.ops.backend_info()).
   m.def("_build_torch_version() -> str", []() -> std::string { return ONESHOT_TORCH_VERSION; });

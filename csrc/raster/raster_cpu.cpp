@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_buffers.h"
 #include "common/cpu_math.h"
 #include "raster/raster.h"
 
@@ -421,9 +422,8 @@ std::tuple<at::Tensor, at::Tensor> rasterize_points_cpu(const at::Tensor& points
     g.ax[p][1] = axes[2 * p + 1];
   }
   at::Tensor index = at::empty({g.B, 3, g.H, g.W}, points.options().dtype(at::kLong));
-  at::Tensor planes = at::empty({g.B, 3, g.C, g.H, g.W}, features.options());
+  at::Tensor planes = cpu::empty_large({g.B, 3, g.C, g.H, g.W}, features.options());
   if (g.B == 0) return {planes, index};
-  cpu::advise_huge_pages(planes.data_ptr(), planes.nbytes());
   const at::Tensor pts = points.contiguous();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "rasterize_points_cpu", [&] {
     nearest_kernel<scalar_t>(g, pts.const_data_ptr<scalar_t>(), valid_c.defined() ? valid_c.const_data_ptr<bool>() : nullptr,

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_buffers.h"
 #include "common/cpu_math.h"
 #include "raymarch/raymarch.h"
 
@@ -58,12 +59,19 @@ std::vector<int64_t> with(std::vector<int64_t> lead, std::initializer_list<int64
   return lead;
 }
 
-// Per-thread scratch for one ray.
+// Per-thread scratch for one ray. The interval arrays are padded to a multiple of kPad so that phase 1 runs
+// whole vectors only (a scalar remainder of up to 7 transcendental-heavy intervals cost as much as the vector
+// part at S = 96); the padding intervals copy the last sample (delta = 0) and are never read.
+constexpr int64_t kPad = 16;
+
 template <typename T>
 struct Scratch {
-  std::vector<T> alpha, e, slope, tbar, delta, trans, w, omega, dots, G;
+  int64_t Kp;
+  std::vector<T> s_pad, t_pad, alpha, e, slope, tbar, delta, trans, w, omega, dots, G;
   explicit Scratch(int64_t S)
-      : alpha(S), e(S), slope(S), tbar(S), delta(S), trans(S), w(S), omega(S), dots(S), G(S) {}
+      : Kp((S - 1 + kPad - 1) / kPad * kPad),
+        s_pad(Kp + 1), t_pad(Kp + 1), alpha(Kp), e(Kp), slope(Kp), tbar(Kp), delta(Kp), trans(S), w(S), omega(S),
+        dots(S), G(S) {}
 };
 
 // Phase 1 for intervals [0, K): alpha, e = exp(-sigma delta), slope = d softplus / dm (kSlope: the backward
@@ -97,6 +105,19 @@ ONESHOT_CPU_MULTIVERSION void intervals(const T* __restrict__ s, const T* __rest
   }
 }
 
+// Phase 1 for one ray of S samples, on the padded copies of its densities and depths.
+template <typename T, bool kSlope>
+inline void ray_intervals(const T* s, const T* t, int64_t S, T bias, Scratch<T>& sc) {
+  T* sp = sc.s_pad.data();
+  T* tp = sc.t_pad.data();
+  for (int64_t k = 0; k < S; ++k) sp[k] = s[k];
+  for (int64_t k = 0; k < S; ++k) tp[k] = t[k];
+  for (int64_t k = S; k <= sc.Kp; ++k) sp[k] = s[S - 1];
+  for (int64_t k = S; k <= sc.Kp; ++k) tp[k] = t[S - 1];
+  intervals<T, kSlope>(sp, tp, sc.Kp, bias, sc.alpha.data(), sc.e.data(), sc.slope.data(), sc.tbar.data(),
+                       sc.delta.data());
+}
+
 // Phase 2: transmittance before each interval, weights, opacity and depth numerator (serial scan).
 template <typename T>
 inline void transmittance(const T* alpha, const T* tbar, int64_t K, T* trans, T* w, T* opacity, T* num) {
@@ -121,20 +142,43 @@ inline void sample_weights(const T* w, int64_t S, T* omega) {
   omega[K] = w[K - 1] / T(2);
 }
 
+// f[c] = init + sum_k omega_k col[k, c], summed in order of k. Channels go in register blocks of kBlock
+// (accumulating in f itself chains every k through a store and a reload).
+template <typename T, int kBlock>
+inline void accumulate_block(const T* __restrict__ col, const T* __restrict__ omega, int64_t S, int64_t C, T init,
+                             T* __restrict__ f) {
+  T acc[kBlock];
+  for (int l = 0; l < kBlock; ++l) acc[l] = init;
+  for (int64_t k = 0; k < S; ++k) {
+    const T om = omega[k];
+    const T* ck = col + k * C;
+    for (int l = 0; l < kBlock; ++l) acc[l] += om * ck[l];
+  }
+  for (int l = 0; l < kBlock; ++l) f[l] = acc[l];
+}
+
+template <typename T>
+inline void accumulate(const T* col, const T* omega, int64_t S, int64_t C, T init, T* f) {
+  constexpr int kVec = 32 / sizeof(T);  // one AVX2 vector
+  int64_t c = 0;
+  for (; c + 2 * kVec <= C; c += 2 * kVec) accumulate_block<T, 2 * kVec>(col + c, omega, S, C, init, f + c);
+  for (; c + kVec <= C; c += kVec) accumulate_block<T, kVec>(col + c, omega, S, C, init, f + c);
+  for (; c < C; ++c) {
+    T acc = init;
+    for (int64_t k = 0; k < S; ++k) acc += omega[k] * col[k * C + c];
+    f[c] = acc;
+  }
+}
+
 template <typename T>
 ONESHOT_CPU_MULTIVERSION void forward_ray(const Dims& d, const T* col, const T* s, const T* t, T bias, bool white,
                                           Scratch<T>& sc, T* f, T* depth, T* opacity, T* w_out) {
   const int64_t S = d.S, C = d.C, K = S - 1;
-  intervals<T, false>(s, t, K, bias, sc.alpha.data(), sc.e.data(), sc.slope.data(), sc.tbar.data(), sc.delta.data());
+  ray_intervals<T, false>(s, t, S, bias, sc);
   T op, num;
   transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), w_out, &op, &num);
   sample_weights<T>(w_out, S, sc.omega.data());
-  for (int64_t c = 0; c < C; ++c) f[c] = white ? T(1) - op : T(0);
-  for (int64_t k = 0; k < S; ++k) {
-    const T om = sc.omega[k];
-    const T* ck = col + k * C;
-    for (int64_t c = 0; c < C; ++c) f[c] += om * ck[c];
-  }
+  accumulate<T>(col, sc.omega.data(), S, C, white ? T(1) - op : T(0), f);
   *opacity = op;
   *depth = raymarch::composite_depth(num, op, t[0], t[K]);
 }
@@ -144,7 +188,7 @@ ONESHOT_CPU_MULTIVERSION void backward_ray(const Dims& d, const T* col, const T*
                                            const T* gf, const T* gd, const T* go, const T* gw, Scratch<T>& sc, T* gc,
                                            T* gs) {
   const int64_t S = d.S, C = d.C, K = S - 1;
-  intervals<T, true>(s, t, K, bias, sc.alpha.data(), sc.e.data(), sc.slope.data(), sc.tbar.data(), sc.delta.data());
+  ray_intervals<T, true>(s, t, S, bias, sc);
   T op, num;
   transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), sc.w.data(), &op, &num);
 
@@ -244,10 +288,9 @@ std::tuple<at::Tensor, at::Tensor> ray_march_backward_cpu(
   const auto gd = grad_arg(grad_depth, d.lead, colors, "grad_depth");
   const auto go = grad_arg(grad_opacity, d.lead, colors, "grad_opacity");
   const auto gw = grad_arg(grad_weights, with(d.lead, {d.S - 1}), colors, "grad_weights");
-  at::Tensor grad_colors = at::empty(colors.sizes(), colors.options());
+  at::Tensor grad_colors = cpu::empty_large(colors.sizes(), colors.options());
   at::Tensor grad_dens = at::empty(densities.sizes(), densities.options());
   if (d.R == 0) return {grad_colors, grad_dens};
-  cpu::advise_huge_pages(grad_colors.data_ptr(), grad_colors.nbytes());
   const at::Tensor col = colors.contiguous(), dens = densities.contiguous(), dep = depths.contiguous();
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "ray_march_backward_cpu", [&] {
     using T = scalar_t;

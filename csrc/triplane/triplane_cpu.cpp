@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_buffers.h"
 #include "common/cpu_math.h"
 #include "triplane/triplane.h"
 
@@ -422,8 +423,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cpu(const at::Tensor
   at::Tensor grad_planes = at::empty({0}, planes.options());
   at::Tensor grad_points = at::empty({0}, points.options());
   // The planes' gradient is accumulated channels-last and returned as a [B, 3, C, H, W] view of it.
-  at::Tensor grad_cl = planes_requires_grad ? at::empty({B, 3, H, W, C}, planes.options()) : at::Tensor();
-  if (grad_cl.defined()) cpu::advise_huge_pages(grad_cl.data_ptr(), grad_cl.nbytes());
+  at::Tensor grad_cl = planes_requires_grad ? cpu::empty_large({B, 3, H, W, C}, planes.options()) : at::Tensor();
   if (points_requires_grad) grad_points = at::zeros({B, M, 3}, points.options());
   const bool points_work = points_requires_grad && C > 0 && M > 0 && B > 0;
   if (grad_cl.defined() && M == 0) grad_cl.zero_();

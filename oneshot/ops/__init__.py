@@ -23,6 +23,7 @@ __all__ = [
     "PLANE_AXES_EG3D",
     "BACKENDS",
     "backend_info",
+    "empty_cpu_cache",
     "reference",
 ]
 
@@ -38,3 +39,18 @@ def backend_info() -> dict:
         "extension_built_against_torch": st.built_torch,
         "extension_error": st.error,
     }
+
+
+def empty_cpu_cache() -> int:
+    """Free the large CPU output buffers the native kernels keep for reuse; returns the bytes freed.
+
+    The CPU kernels hand out their largest outputs (``ray_march``'s colour gradient, the tri-plane gradient,
+    rasterized planes: tens to hundreds of MB) from a small cache, so that a training loop does not pay the
+    kernel's page zeroing on every step (the CPU analogue of ``torch.cuda.empty_cache``). It holds at most
+    ``ONESHOT_CPU_CACHE_MB`` MiB (default 1024; ``0`` turns it off). Returns 0 without the extension.
+    """
+    if not _extension.status().loaded:
+        return 0
+    import torch
+
+    return int(torch.ops.oneshot._empty_cpu_cache())
