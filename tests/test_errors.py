@@ -114,13 +114,13 @@ RASTER = [
     ("features-N", lambda: ops.rasterize_points(P(1, 6, 3), P(1, 5, 2), 4), ValueError,
      r"features must be \[B, N, C\] with the N of points \(6\), got \[1, 5, 2\]"),
     ("features-dtype", lambda: ops.rasterize_points(P(1, 6, 3), P(1, 6, 2, dtype=f64), 4), TypeError,
-     r"features must have the dtype of points \(torch\.float32\), got torch\.float64"),
+     r"points must have the dtype of features \(torch\.float64\), got torch\.float32"),
     ("points-int", lambda: ops.rasterize_points(P(1, 6, 3, dtype=torch.int64), P(1, 6, 2), 4), TypeError,
      r"points must be a floating-point tensor"),
     ("features-int", lambda: ops.rasterize_points(P(1, 6, 3), P(1, 6, 2, dtype=torch.int64), 4), TypeError,
      r"features must be a floating-point tensor"),
     ("features-device", lambda: ops.rasterize_points(P(1, 6, 3), P(1, 6, 2, device="meta"), 4), ValueError,
-     r"features must be on the device of points \(cpu\), got meta"),
+     r"points must be on the device of features \(meta\), got cpu"),
     ("resolution-0", lambda: ops.rasterize_points(P(1, 6, 3), P(1, 6, 2), 0), ValueError,
      r"resolution must be an int or an \(H, W\) pair of ints >= 1, got 0"),
     ("resolution-H0", lambda: ops.rasterize_points(P(1, 6, 3), P(1, 6, 2), (0, 4)), ValueError,
@@ -223,7 +223,7 @@ def test_device_mismatch_cuda():
         ops.triplane_sample(P(1, 3, 2, 4, 4, device="cuda"), P(1, 5, 3))
     with pytest.raises(ValueError, match=r"densities must be on the device of colors"):
         ops.ray_march(P(4, 5, 2, device="cuda"), P(4, 5), P(4, 5, device="cuda"))
-    with pytest.raises(ValueError, match=r"features must be on the device of points"):
+    with pytest.raises(ValueError, match=r"points must be on the device of features"):
         ops.rasterize_points(P(1, 6, 3), P(1, 6, 2, device="cuda"), 4)
     with pytest.raises(ValueError, match=r"valid must be on the device of points"):
         ops.rasterize_points(P(1, 6, 3), P(1, 6, 2), 4, valid=P(1, 6, dtype=torch.bool, device="cuda"))

@@ -26,6 +26,17 @@ inline void check_float(const at::Tensor& t, const char* name) {
                    " must be float32 or float64 for the native CPU kernels, got ", t.scalar_type());
 }
 
+// CUDA dtypes: the "value" tensor (planes, colors, features) is float16, bfloat16, float32 or float64; the
+// "geometry" tensors (points, densities, depths) are float32, or float64 with float64 values.
+inline void check_cuda_dtypes(const at::Tensor& value, const char* value_name, const at::Tensor& geom,
+                              const char* geom_name) {
+  const auto v = value.scalar_type(), g = geom.scalar_type();
+  TORCH_CHECK_TYPE(v == at::kHalf || v == at::kBFloat16 || v == at::kFloat || v == at::kDouble, value_name,
+                   " must be float16, bfloat16, float32 or float64 for the native CUDA kernels, got ", v);
+  const auto want = v == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_TYPE(g == want, geom_name, " must be ", want, " when ", value_name, " is ", v, ", got ", g);
+}
+
 inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
   TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), name_b, " must have the dtype of ", name_a, " (",
                    a.scalar_type(), "), got ", b.scalar_type());

@@ -15,8 +15,13 @@ PLANE_AXES_GOHA = ((0, 1), (0, 2), (2, 1))  # xy, xz, zy: the released GOHA code
 PLANE_AXES_EG3D = ((0, 1), (0, 2), (2, 0))  # xy, xz, zx: EG3D's original order
 
 BACKENDS = (None, "auto", "reference", "native", "triton")
-# dtypes of the native kernels per device type (the CUDA and Triton issues extend this).
-NATIVE_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
+# dtypes of the "value" tensor (planes, colors, features) the native kernels take, per device type. On CPU the
+# geometry (points, densities, depths) has the same dtype; on CUDA 16-bit values come with float32 geometry.
+NATIVE_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+}
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def shape_of(t: Tensor) -> list[int]:
@@ -33,14 +38,58 @@ def check_tensor(name: str, t, expected: str, ndim: int | None = None) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
-def check_same(names: Sequence[str], tensors: Sequence[Tensor]) -> None:
-    """Same device and dtype as the first tensor."""
-    first, t0 = names[0], tensors[0]
-    for name, t in zip(names[1:], tensors[1:]):
-        if t.device != t0.device:
-            raise ValueError(f"{name} must be on the device of {first} ({t0.device}), got {t.device}")
-        if t.dtype != t0.dtype:
-            raise TypeError(f"{name} must have the dtype of {first} ({t0.dtype}), got {t.dtype}")
+def check_dtypes(value_name: str, value: Tensor, geom_names: Sequence[str], geoms: Sequence[Tensor]) -> None:
+    """Devices and dtypes of one call: the "value" tensor (planes, colors, features) and the geometry tensors
+    (points; densities and depths) on one device; the geometry in one dtype, which is the value's dtype, or
+    float32 when the value is float16 / bfloat16 (16-bit features with float32 coordinates)."""
+    for name, t in zip(geom_names, geoms):
+        if t.device != value.device:
+            raise ValueError(f"{name} must be on the device of {value_name} ({value.device}), got {t.device}")
+    for name, t in zip(geom_names, geoms):
+        if t.dtype != value.dtype and not (value.dtype in LOW_PRECISION and t.dtype == torch.float32):
+            also = " or torch.float32" if value.dtype in LOW_PRECISION else ""
+            raise TypeError(f"{name} must have the dtype of {value_name} ({value.dtype}){also}, got {t.dtype}")
+    for name, t in zip(geom_names[1:], geoms[1:]):
+        if t.dtype != geoms[0].dtype:
+            raise TypeError(f"{name} must have the dtype of {geom_names[0]} ({geoms[0].dtype}), got {t.dtype}")
+
+
+def autocast_geometry(device_type: str, *geoms: Tensor) -> tuple[Tensor, ...]:
+    """Under torch.autocast, geometry tensors that arrive in float16 / bfloat16 (a decoder's densities in
+    mixed-precision training) are cast to float32: coordinates and densities stay float32, values may not."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return geoms
+    return tuple(t.float() if t.dtype in LOW_PRECISION else t for t in geoms)
+
+
+_AUTOCAST_LIB = None
+
+
+def register_geometry_autocast(name: str, positions: Sequence[int]) -> None:
+    """Autocast rule of ``torch.ops.oneshot.<name>`` (for direct calls; the public functions do the same via
+    :func:`autocast_geometry`): the float16 / bfloat16 tensors at `positions` become float32, the rest is left
+    alone, then the op runs with autocast off. torch.library.register_autocast would cast every input."""
+    global _AUTOCAST_LIB
+    if _AUTOCAST_LIB is None:
+        _AUTOCAST_LIB = torch.library.Library("oneshot", "IMPL")
+    op = getattr(torch.ops.oneshot, name).default
+    for device_type in ("cpu", "cuda"):
+        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        key = getattr(torch._C.DispatchKey, key_name)
+
+        def impl(*args, _key=key):
+            args = list(args)
+            for i in positions:
+                t = args[i]
+                if isinstance(t, Tensor) and t.dtype in LOW_PRECISION:
+                    args[i] = t.float()
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
+                return op(*args)
+
+        if op.has_kernel_for_dispatch_key(key):
+            op.py_kernels.pop(key, None)
+        op.py_impl(key)(impl)  # the Python dispatcher (torch.compile) goes through this one
+        _AUTOCAST_LIB.impl(name, lambda keyset, *args, _impl=impl: _impl(*args), key_name, with_keyset=True)
 
 
 def check_batch(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
@@ -92,17 +141,22 @@ def _has_native_kernel(op: str, device: torch.device) -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"oneshot::{op}", key)
 
 
-def resolve_backend(backend, op: str, device: torch.device, dtype: torch.dtype) -> str:
+def resolve_backend(backend, op: str, device: torch.device, dtype: torch.dtype, geom_dtype: torch.dtype | None = None) -> str:
     """The implementation to run: "reference" or "native" (or "triton" once it exists).
 
-    None / "auto": the fastest available for the device and dtype. A forced backend that cannot run raises a
-    RuntimeError (unavailable) or TypeError (unsupported dtype) saying why.
+    `dtype` is the value tensor's dtype, `geom_dtype` the geometry's (default: the same). None / "auto": the
+    fastest available for the device and dtypes. A forced backend that cannot run raises a RuntimeError
+    (unavailable) or TypeError (unsupported dtype) saying why.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    native_dtypes = NATIVE_DTYPES.get(device.type, NATIVE_DTYPES["cpu"] if device.type == "meta" else ())
+    geom_dtype = dtype if geom_dtype is None else geom_dtype
+    kind = "cpu" if device.type == "meta" else device.type
+    native_dtypes = NATIVE_DTYPES.get(kind, ())
+    # The CPU kernels take one dtype for the whole call; on CUDA check_dtypes has vetted the pair.
+    dtypes_ok = dtype in native_dtypes and (kind != "cpu" or geom_dtype == dtype)
     if backend in (None, "auto"):
-        if dtype in native_dtypes and _has_native_kernel(op, device):
+        if dtypes_ok and _has_native_kernel(op, device):
             return "native"
         return "reference"
     if backend == "reference":
@@ -116,9 +170,10 @@ def resolve_backend(backend, op: str, device: torch.device, dtype: torch.dtype) 
                 f"backend='native' has no {device.type} kernel for {op} in this build"
                 + (" (built without CUDA: rebuild with FORCE_CUDA=1 and nvcc)" if device.type == "cuda" else "")
             )
-        if dtype not in native_dtypes:
+        if not dtypes_ok:
             names = ", ".join(str(d).replace("torch.", "") for d in native_dtypes)
-            raise TypeError(f"backend='native' supports {names} on {device.type} for {op}, got {dtype}")
+            got = str(dtype) if geom_dtype == dtype else f"{dtype} with {geom_dtype} geometry"
+            raise TypeError(f"backend='native' supports {names} on {device.type} for {op}, got {got}")
         return "native"
     raise RuntimeError(
         f"backend='triton' is unavailable for {op}: the Triton kernels (oneshot.kernels) are not part of this "

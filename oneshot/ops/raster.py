@@ -15,8 +15,10 @@ from ._common import (
     check_axes,
     check_batch,
     check_box_warp,
-    check_same,
+    autocast_geometry,
+    check_dtypes,
     check_tensor,
+    register_geometry_autocast,
     resolve_backend,
     shape_of,
 )
@@ -77,6 +79,9 @@ def rasterize_points(
     Returns:
         planes [B, 3, C, H, W] in the dtype of features (0 where empty) and index [B, 3, H, W] int64 (the
         chosen point, -1 where empty). Differentiable w.r.t. features (a scatter-add through index).
+
+    dtypes: points and features share a dtype, or features are float16 / bfloat16 with float32 points (the
+    search runs in the points' dtype). Under ``torch.autocast``, 16-bit points are cast to float32.
     """
     check_tensor("points", points, "[B, N, 3]", 3)
     if points.shape[2] != 3:
@@ -85,7 +90,8 @@ def rasterize_points(
     check_batch("features", features, "points", points)
     if features.shape[1] != points.shape[1]:
         raise ValueError(f"features must be [B, N, C] with the N of points ({points.shape[1]}), got {shape_of(features)}")
-    check_same(("points", "features"), (points, features))
+    (points,) = autocast_geometry(features.device.type, points)
+    check_dtypes("features", features, ("points",), (points,))
     H, W = _resolution(resolution)
     box_warp = check_box_warp(box_warp)
     flat_axes = check_axes(axes)
@@ -105,7 +111,7 @@ def rasterize_points(
         if not max_distance >= 0:  # also rejects NaN
             raise ValueError(f"max_distance must be >= 0, got {max_distance}")
     align_corners = bool(align_corners)
-    impl = resolve_backend(backend, "rasterize_points", points.device, points.dtype)
+    impl = resolve_backend(backend, "rasterize_points", features.device, features.dtype, points.dtype)
     if impl == "reference":
         return reference.rasterize_points(
             points, features, (H, W), box_warp, axes_pairs(flat_axes), valid, max_distance, align_corners
@@ -140,6 +146,7 @@ def _register() -> None:
         return (None, grad_features) + (None,) * 7
 
     torch.library.register_autograd("oneshot::rasterize_points", _backward, setup_context=_setup_context)
+    register_geometry_autocast("rasterize_points", (0,))
 
 
 if _extension.status().loaded:

@@ -9,7 +9,14 @@ from torch import Tensor
 
 from .. import _extension
 from . import reference
-from ._common import check_same, check_tensor, resolve_backend, shape_of
+from ._common import (
+    autocast_geometry,
+    check_dtypes,
+    check_tensor,
+    register_geometry_autocast,
+    resolve_backend,
+    shape_of,
+)
 
 __all__ = ["ray_march", "RayMarchResult"]
 
@@ -49,6 +56,10 @@ def ray_march(
     Returns:
         RayMarchResult(features [..., C], depth [...], opacity [...], weights [..., S-1]), differentiable
         w.r.t. colors and densities (depths are constants).
+
+    dtypes: all three in one dtype, or float16 / bfloat16 colors with float32 densities and depths
+    (accumulation in float32; features in the colors' dtype, depth, opacity and weights in float32). Under
+    ``torch.autocast``, 16-bit densities and depths are cast to float32.
     """
     check_tensor("colors", colors, "[..., S, C]")
     if colors.dim() < 2:
@@ -61,10 +72,11 @@ def ray_march(
         raise ValueError(f"depths must have the shape of densities {shape_of(densities)}, got {shape_of(depths)}")
     if densities.shape[-1] < 2:
         raise ValueError(f"ray_march needs S >= 2 samples per ray, got S = {densities.shape[-1]}")
-    check_same(("colors", "densities", "depths"), (colors, densities, depths))
+    densities, depths = autocast_geometry(colors.device.type, densities, depths)
+    check_dtypes("colors", colors, ("densities", "depths"), (densities, depths))
     density_bias = float(density_bias)
     white_background = bool(white_background)
-    impl = resolve_backend(backend, "ray_march", colors.device, colors.dtype)
+    impl = resolve_backend(backend, "ray_march", colors.device, colors.dtype, densities.dtype)
     if impl == "reference":
         return RayMarchResult(*reference.ray_march(colors, densities, depths, density_bias, white_background))
     return RayMarchResult(*torch.ops.oneshot.ray_march(colors, densities, depths, density_bias, white_background))
@@ -97,6 +109,7 @@ def _register() -> None:
         return gc, gs, None, None, None
 
     torch.library.register_autograd("oneshot::ray_march", _backward, setup_context=_setup_context)
+    register_geometry_autocast("ray_march", (1, 2))
 
 
 if _extension.status().loaded:

@@ -39,6 +39,9 @@ def triplane_sample(
     if B == 0 or M == 0 or C == 0 or H == 0 or W == 0:
         shape = (B, 3, M, C) if reduce == "none" else (B, M, C)
         return _empty_result(shape, planes, points)
+    out_dtype = planes.dtype
+    if planes.dtype != points.dtype:  # 16-bit planes with float32 points: sample in float32
+        planes = planes.to(points.dtype)
     c = points * torch.tensor(2.0 / box_warp, dtype=points.dtype, device=points.device)
     grid = torch.stack([torch.stack([c[..., a], c[..., b]], dim=-1) for a, b in axes], dim=1)  # [B, 3, M, 2]
     sampled = F.grid_sample(
@@ -50,8 +53,8 @@ def triplane_sample(
     )  # [B*3, C, 1, M]
     sampled = sampled.reshape(B, 3, C, M).transpose(2, 3)  # [B, 3, M, C]
     if reduce == "none":
-        return sampled
-    return sampled.sum(dim=1) if reduce == "sum" else sampled.mean(dim=1)
+        return sampled.to(out_dtype)
+    return (sampled.sum(dim=1) if reduce == "sum" else sampled.mean(dim=1)).to(out_dtype)
 
 
 def ray_march(
@@ -61,6 +64,9 @@ def ray_march(
     density_bias: float = -1.0,
     white_background: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # features [..., C], depth [...], opacity [...], weights [..., S-1]
+    out_dtype = colors.dtype
+    if colors.dtype != densities.dtype:  # 16-bit colors with float32 densities: composite in float32
+        colors = colors.to(densities.dtype)
     deltas = depths[..., 1:] - depths[..., :-1]
     colors_mid = (colors[..., :-1, :] + colors[..., 1:, :]) / 2
     densities_mid = (densities[..., :-1] + densities[..., 1:]) / 2
@@ -79,7 +85,7 @@ def ray_march(
     depth = torch.clamp(depth, depths[..., 0], depths[..., -1])
     if white_background:
         features = features + (1 - opacity).unsqueeze(-1)
-    return features, depth, opacity, weights
+    return features.to(out_dtype), depth, opacity, weights
 
 
 def cell_centres(n: int, align_corners: bool, dtype: torch.dtype, device=None) -> Tensor:

@@ -13,8 +13,10 @@ from ._common import (
     check_axes,
     check_batch,
     check_box_warp,
-    check_same,
+    autocast_geometry,
+    check_dtypes,
     check_tensor,
+    register_geometry_autocast,
     resolve_backend,
     shape_of,
 )
@@ -50,6 +52,9 @@ def triplane_sample(
 
     Returns:
         [B, M, C] or [B, 3, M, C] in the dtype of planes. Differentiable w.r.t. planes and points.
+
+    dtypes: planes and points share a dtype, or planes are float16 / bfloat16 with float32 points (the
+    lookup then runs in float32). Under ``torch.autocast``, 16-bit points are cast to float32.
     """
     check_tensor("planes", planes, "[B, 3, C, H, W]", 5)
     if planes.shape[1] != 3:
@@ -58,12 +63,13 @@ def triplane_sample(
     if points.shape[2] != 3:
         raise ValueError(f"points must be [B, M, 3], got {shape_of(points)}")
     check_batch("points", points, "planes", planes)
-    check_same(("planes", "points"), (planes, points))
+    (points,) = autocast_geometry(planes.device.type, points)
+    check_dtypes("planes", planes, ("points",), (points,))
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
     box_warp = check_box_warp(box_warp)
     flat_axes = check_axes(axes)
-    impl = resolve_backend(backend, "triplane_sample", planes.device, planes.dtype)
+    impl = resolve_backend(backend, "triplane_sample", planes.device, planes.dtype, points.dtype)
     if impl == "reference":
         return reference.triplane_sample(planes, points, box_warp, axes_pairs(flat_axes), reduce)
     return torch.ops.oneshot.triplane_sample(channels_last(planes), points, box_warp, flat_axes, reduce)
@@ -111,6 +117,7 @@ def _register() -> None:
         return (gp if need_planes else None), (gx if need_points else None), None, None, None
 
     torch.library.register_autograd("oneshot::triplane_sample", _backward, setup_context=_setup_context)
+    register_geometry_autocast("triplane_sample", (1,))
 
 
 if _extension.status().loaded:

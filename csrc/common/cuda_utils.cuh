@@ -1,0 +1,90 @@
+// Helpers shared by the CUDA kernels (*_cuda.cu). Per-op ATen and c10/cuda headers only: the local toolkit
+// has no cuSPARSE/cuBLAS headers, so ATen/cuda/CUDAContext.h (and torch/extension.h) cannot be used.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace oneshot {
+namespace cuda {
+
+// Accumulation type: float for float16 / bfloat16 / float32, double for float64.
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename Acc<T>::type;
+
+// Load / store one element of a storage dtype as its accumulation type (c10::Half / c10::BFloat16 convert
+// with round-to-nearest-even on the device).
+template <typename T>
+__device__ __forceinline__ acc_t<T> to_acc(T x) {
+  return static_cast<acc_t<T>>(x);
+}
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_t<T> x) {
+  return static_cast<T>(x);
+}
+
+constexpr int kWarp = 32;
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for a grid-stride loop over n work items: enough to fill the GPU, never more than needed.
+inline unsigned int grid_for(int64_t n, int threads) {
+  const int64_t blocks = ceil_div(n, threads);
+  return static_cast<unsigned int>(blocks < 65535 * 16 ? (blocks > 0 ? blocks : 1) : 65535 * 16);
+}
+
+inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// Calls fn(V{}, G{}) for the (value, geometry) dtype pair of a call: float16 / bfloat16 / float32 values with
+// float32 geometry, or float64 with float64. A generic lambda, so only the valid pairs are instantiated.
+template <typename F>
+void dispatch_value_geometry(at::ScalarType value, const char* name, F&& fn) {
+  switch (value) {
+    case at::kHalf:
+      fn(c10::Half{}, float{});
+      break;
+    case at::kBFloat16:
+      fn(c10::BFloat16{}, float{});
+      break;
+    case at::kFloat:
+      fn(float{}, float{});
+      break;
+    case at::kDouble:
+      fn(double{}, double{});
+      break;
+    default:
+      TORCH_CHECK_TYPE(false, name, ": unsupported dtype ", value);
+  }
+}
+
+}  // namespace cuda
+}  // namespace oneshot
+
+// float32 / float64, plus float16 and bfloat16 for the "value" tensors (planes, colors, features).
+#define ONESHOT_DISPATCH_VALUE_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, __VA_ARGS__)
