@@ -122,7 +122,8 @@ def measure(fn: Callable[[], object], device: torch.device, *, min_repeats=3, ma
         try:
             import triton.testing
 
-            q = triton.testing.do_bench(fn, quantiles=[0.5, 0.25, 0.75], rep=int(budget_s * 1000 / 4))
+            # median, p20, p80 over as many runs as fit in the budget, after triton's own warm-up
+            q = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], rep=int(budget_s * 1000 / 4))
             return q[0], q[1], q[2], -1, mem.mb
         except ImportError:
             return _cuda_events(fn, min_repeats, max_repeats) + (mem.mb,)
@@ -163,7 +164,7 @@ def run_case(results: list, op, case, mode, provider, fn, device, note="", **kw)
     return r
 
 
-def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("reference", "ckdtree")) -> tuple[Path, Path]:
+def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("reference", "ckdtree", "cdist")) -> tuple[Path, Path]:
     """Write <name>.csv and <name>.md: every measurement, plus speed-ups against each baseline provider
     measured for the same (op, case, mode) in this run."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +183,9 @@ def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("ref
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
-        "Median wall time of repeats [25th-75th percentile]; speed-up = baseline median / provider median, "
+        ("Median of repeats [20th-80th percentile, triton.testing.do_bench]" if name.startswith("cuda")
+         else "Median wall time of repeats [25th-75th percentile]")
+        + "; speed-up = baseline median / provider median, "
         "measured side by side in this run. Peak = memory growth during one call (resident set on CPU).",
         "",
         "| op | case | mode | provider | median ms | IQR ms | peak MiB | " + " | ".join(f"vs {b}" for b in present) + " |",

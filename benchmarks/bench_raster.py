@@ -1,5 +1,6 @@
 """rasterize_points: native vs reference (chunked distance + argmin, as the released GOHA code) vs
-scipy.spatial.cKDTree (build + query per plane, workers=-1, then the same feature gather).
+scipy.spatial.cKDTree (CPU: build + query per plane, workers=-1, then the same feature gather) vs torch.cdist +
+argmin over a dense cells x points matrix per plane (CUDA: exactly what the released GOHA code runs).
 
 Modes: "index" is the nearest-point search alone (native/reference with C = 0 features; cKDTree build +
 query), "fwd" includes the feature gather into [B, 3, C, H, W] planes, "fwd+bwd" adds the backward.
@@ -26,11 +27,11 @@ AXES = ops.PLANE_AXES_GOHA
 
 def cases(quick: bool):
     # (label, points generator, channels, resolution, providers)
-    yield "lifted 128^2 depth -> 3x128^2, C32", "lifted", 32, 128, ("reference", "native", "ckdtree")
-    yield "uniform 16384 pts -> 3x128^2, C32", "uniform", 32, 128, ("native", "ckdtree")
-    yield "lifted 128^2 depth -> 3x256^2, C32", "lifted", 32, 256, ("native", "ckdtree")
+    yield "lifted 128^2 depth -> 3x128^2, C32", "lifted", 32, 128, ("reference", "native", "ckdtree", "cdist")
+    yield "uniform 16384 pts -> 3x128^2, C32", "uniform", 32, 128, ("native", "ckdtree", "cdist")
+    yield "lifted 128^2 depth -> 3x256^2, C32", "lifted", 32, 256, ("native", "ckdtree", "cdist")
     if not quick:
-        yield "lifted 128^2 depth -> 3x128^2, C256", "lifted", 256, 128, ("native", "ckdtree")
+        yield "lifted 128^2 depth -> 3x128^2, C256", "lifted", 256, 128, ("native", "ckdtree", "cdist")
 
 
 def make_points(kind: str, device):
@@ -55,6 +56,15 @@ def ckdtree_index(points: torch.Tensor, res: int) -> torch.Tensor:
     return torch.stack(out)[None]
 
 
+def cdist_index(points: torch.Tensor, res: int) -> torch.Tensor:
+    """[1, 3, res, res] nearest indices by torch.cdist + argmin (the GOHA code's way: a dense matrix per plane;
+    cdist's matrix-product formula is not exact, so near-ties may differ from the pinned contract)."""
+    c = points[0] * 2.0
+    centres = reference.cell_centres(res, False, points.dtype, points.device)
+    q = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(-1, 2)
+    return torch.stack([torch.cdist(q, c[:, [a, b]]).argmin(dim=1).reshape(res, res) for a, b in AXES])[None]
+
+
 def gather(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     B, _, Hh, W = index.shape
     flat = index.reshape(B, -1, 1).expand(-1, -1, features.shape[-1])
@@ -74,6 +84,13 @@ def run(device: torch.device, quick: bool, results: list) -> None:
                 H.run_case(results, OP, label, "index", provider, lambda: ckdtree_index(points, res), device)
                 H.run_case(results, OP, label, "fwd", provider,
                            lambda: gather(feats.detach(), ckdtree_index(points, res)), device)
+                continue
+            if provider == "cdist":
+                if device.type != "cuda":
+                    continue
+                H.run_case(results, OP, label, "index", provider, lambda: cdist_index(points, res), device)
+                H.run_case(results, OP, label, "fwd", provider,
+                           lambda: gather(feats.detach(), cdist_index(points, res)), device)
                 continue
             empty = feats.detach()[..., :0]
 

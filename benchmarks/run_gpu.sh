@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One go on a GPU machine: build the CUDA extension, run the test suite (the CUDA tests included), run the GPU
+# benchmarks, and write everything under OUT (default benchmarks/results):
+#   OUT=/some/dir bash benchmarks/run_gpu.sh            # uses the python on PATH (a CUDA build of torch)
+# Environment: TORCH_CUDA_ARCH_LIST (default: this GPU's architecture), MAX_JOBS, QUICK=1 (skip the largest sizes).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+log() { echo "== $*" | tee -a "$OUT/gpu_run.log"; }
+
+log "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/gpu_run.log"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
+  2>&1 | tee -a "$OUT/gpu_run.log"
+
+log "build (pip install --no-build-isolation --no-deps -e .)"
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  export TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+fi
+start=$(date +%s)
+FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-8} $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/gpu_build.log" 2>&1
+rc=$?
+log "build rc=$rc in $(( $(date +%s) - start )) s (arch $TORCH_CUDA_ARCH_LIST)"
+[ $rc -eq 0 ] || { tail -50 "$OUT/gpu_build.log"; exit $rc; }
+
+log "tests"
+$PY -c "import oneshot.ops as o; print(o.backend_info())" 2>&1 | tee -a "$OUT/gpu_run.log"
+if $PY -c "import pytest, hypothesis" 2>/dev/null; then
+  $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests --junitxml="$OUT/gpu_tests.xml" 2>&1 | tail -40 \
+    | tee "$OUT/gpu_tests.log"
+else
+  log "pytest/hypothesis missing on this machine: tests skipped"
+fi
+
+log "benchmarks"
+QUICK_FLAG=""
+[ "${QUICK:-0}" = "1" ] && QUICK_FLAG="--quick"
+$PY benchmarks/run.py --device cuda $QUICK_FLAG --name cuda 2>&1 | tail -60 | tee "$OUT/gpu_bench.log"
+[ "$OUT" = benchmarks/results ] || cp benchmarks/results/cuda.csv benchmarks/results/cuda.md "$OUT/" 2>/dev/null || true
+log "done"
