@@ -42,6 +42,18 @@ inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const cha
                    a.scalar_type(), "), got ", b.scalar_type());
 }
 
+// The dtype rule of a backend: CPU kernels take float32 or float64 for every floating input of a call; CUDA
+// kernels also take 16-bit values with float32 geometry (check_cuda_dtypes).
+inline void check_value_geometry_dtypes(const at::Tensor& value, const char* value_name, const at::Tensor& geom,
+                                        const char* geom_name, bool cuda) {
+  if (cuda) {
+    check_cuda_dtypes(value, value_name, geom, geom_name);
+    return;
+  }
+  check_float(value, value_name);
+  check_same_dtype(value, geom, value_name, geom_name);
+}
+
 inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
   TORCH_CHECK_VALUE(a.device() == b.device(), name_b, " must be on the device of ", name_a, " (", a.device(),
                     "), got ", b.device());

@@ -36,6 +36,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "raster/raster.h"
+#include "raster/raster_args.h"
 
 namespace oneshot {
 namespace {
@@ -345,32 +346,10 @@ std::tuple<at::Tensor, at::Tensor> rasterize_points_cuda(const at::Tensor& point
                                                          int64_t height, int64_t width, double box_warp,
                                                          at::IntArrayRef axes, const std::optional<at::Tensor>& valid,
                                                          std::optional<double> max_distance, bool align_corners) {
-  check_dim(points, 3, "points", "[B, N, 3]");
-  TORCH_CHECK_VALUE(points.size(2) == 3, "points must be [B, N, 3], got ", shape_str(points));
-  check_dim(features, 3, "features", "[B, N, C]");
-  TORCH_CHECK_VALUE(features.size(0) == points.size(0) && features.size(1) == points.size(1),
-                    "features must be [B, N, C] with B, N of points ", shape_str(points), ", got ",
-                    shape_str(features));
-  TORCH_CHECK_VALUE(height >= 1 && width >= 1, "resolution must be >= 1, got (", height, ", ", width, ")");
-  TORCH_CHECK_VALUE(box_warp > 0, "box_warp must be > 0, got ", box_warp);
-  check_cuda_dtypes(features, "features", points, "points");
-  check_same_device(points, features, "points", "features");
+  const at::Tensor valid_c =
+      raster::check_inputs(points, features, height, width, box_warp, axes, valid, max_distance, /*cuda=*/true);
   TORCH_CHECK_VALUE(points.is_cuda(), "points must be a CUDA tensor for the native CUDA kernels, got ",
                     points.device());
-  check_axes(axes);
-  TORCH_CHECK_VALUE(points.size(1) < (int64_t(1) << 31), "rasterize_points supports N < 2^31 points, got ",
-                    points.size(1));
-  at::Tensor valid_c;
-  if (valid.has_value() && valid->defined()) {
-    TORCH_CHECK_TYPE(valid->scalar_type() == at::kBool, "valid must be a bool tensor, got ", valid->scalar_type());
-    TORCH_CHECK_VALUE(valid->dim() == 2 && valid->size(0) == points.size(0) && valid->size(1) == points.size(1),
-                      "valid must be [B, N] = [", points.size(0), ", ", points.size(1), "], got ", shape_str(*valid));
-    check_same_device(points, *valid, "points", "valid");
-    valid_c = valid->contiguous();
-  }
-  if (max_distance.has_value()) {
-    TORCH_CHECK_VALUE(*max_distance >= 0, "max_distance must be >= 0, got ", *max_distance);
-  }
   const c10::cuda::CUDAGuard guard(points.device());
   const int64_t B = points.size(0), N = points.size(1), C = features.size(2), H = height, W = width;
   const at::TensorOptions index_opts = points.options().dtype(at::kLong);

@@ -24,40 +24,14 @@
 #include "common/cpu_buffers.h"
 #include "common/cpu_math.h"
 #include "raymarch/raymarch.h"
+#include "raymarch/raymarch_args.h"
 
 namespace oneshot {
 namespace {
 
-struct Dims {
-  int64_t R, S, C;
-  std::vector<int64_t> lead;  // leading dims
-};
-
-Dims check_inputs(const at::Tensor& colors, const at::Tensor& densities, const at::Tensor& depths) {
-  TORCH_CHECK_VALUE(colors.dim() >= 2, "colors must be [..., S, C], got ", shape_str(colors));
-  TORCH_CHECK_VALUE(densities.dim() == colors.dim() - 1 && densities.sizes() == colors.sizes().slice(0, colors.dim() - 1),
-                    "densities must be [..., S] with the leading dims and S of colors ", shape_str(colors), ", got ",
-                    shape_str(densities));
-  TORCH_CHECK_VALUE(depths.sizes() == densities.sizes(), "depths must have the shape of densities ",
-                    shape_str(densities), ", got ", shape_str(depths));
-  check_float(colors, "colors");
-  check_same_dtype(colors, densities, "colors", "densities");
-  check_same_dtype(colors, depths, "colors", "depths");
-  check_same_device(colors, densities, "colors", "densities");
-  check_same_device(colors, depths, "colors", "depths");
-  Dims d;
-  d.S = densities.size(-1);
-  TORCH_CHECK_VALUE(d.S >= 2, "ray_march needs S >= 2 samples per ray, got S = ", d.S);
-  d.C = colors.size(-1);
-  d.lead = densities.sizes().slice(0, densities.dim() - 1).vec();
-  d.R = densities.numel() / d.S;
-  return d;
-}
-
-std::vector<int64_t> with(std::vector<int64_t> lead, std::initializer_list<int64_t> tail) {
-  lead.insert(lead.end(), tail.begin(), tail.end());
-  return lead;
-}
+using raymarch::Dims;
+using raymarch::grad_arg;
+using raymarch::with;
 
 // Per-thread scratch for one ray. The interval arrays are padded to a multiple of kPad so that phase 1 runs
 // whole vectors only (a scalar remainder of up to 7 transcendental-heavy intervals cost as much as the vector
@@ -240,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_cpu(const a
                                                                          const at::Tensor& densities,
                                                                          const at::Tensor& depths, double density_bias,
                                                                          bool white_background) {
-  const Dims d = check_inputs(colors, densities, depths);
+  const Dims d = raymarch::check_inputs(colors, densities, depths, /*cuda=*/false);
   auto opts = colors.options();
   at::Tensor feat = at::empty(with(d.lead, {d.C}), opts);
   at::Tensor depth = at::empty(d.lead, opts);
@@ -267,27 +241,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_cpu(const a
   return {feat, depth, opacity, weights};
 }
 
-// An optional incoming gradient, checked for shape and made contiguous.
-std::optional<at::Tensor> grad_arg(const std::optional<at::Tensor>& g, const std::vector<int64_t>& shape,
-                                   const at::Tensor& like, const char* name) {
-  if (!g.has_value() || !g->defined()) return std::nullopt;
-  TORCH_CHECK_VALUE(g->sizes() == at::IntArrayRef(shape), name, " must be ", at::IntArrayRef(shape), ", got ",
-                    shape_str(*g));
-  check_same_dtype(like, *g, "colors", name);
-  check_same_device(like, *g, "colors", name);
-  return g->contiguous();
-}
-
 std::tuple<at::Tensor, at::Tensor> ray_march_backward_cpu(
     const std::optional<at::Tensor>& grad_features, const std::optional<at::Tensor>& grad_depth,
     const std::optional<at::Tensor>& grad_opacity, const std::optional<at::Tensor>& grad_weights,
     const at::Tensor& colors, const at::Tensor& densities, const at::Tensor& depths, double density_bias,
     bool white_background) {
-  const Dims d = check_inputs(colors, densities, depths);
-  const auto gf = grad_arg(grad_features, with(d.lead, {d.C}), colors, "grad_features");
-  const auto gd = grad_arg(grad_depth, d.lead, colors, "grad_depth");
-  const auto go = grad_arg(grad_opacity, d.lead, colors, "grad_opacity");
-  const auto gw = grad_arg(grad_weights, with(d.lead, {d.S - 1}), colors, "grad_weights");
+  const Dims d = raymarch::check_inputs(colors, densities, depths, /*cuda=*/false);
+  const auto gf = grad_arg(grad_features, with(d.lead, {d.C}), colors, "colors", "grad_features");
+  const auto gd = grad_arg(grad_depth, d.lead, colors, "colors", "grad_depth");
+  const auto go = grad_arg(grad_opacity, d.lead, colors, "colors", "grad_opacity");
+  const auto gw = grad_arg(grad_weights, with(d.lead, {d.S - 1}), colors, "colors", "grad_weights");
   at::Tensor grad_colors = cpu::empty_large(colors.sizes(), colors.options());
   at::Tensor grad_dens = at::empty(densities.sizes(), densities.options());
   if (d.R == 0) return {grad_colors, grad_dens};

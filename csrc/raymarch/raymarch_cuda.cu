@@ -30,9 +30,14 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "raymarch/raymarch.h"
+#include "raymarch/raymarch_args.h"
 
 namespace oneshot {
 namespace {
+
+using raymarch::Dims;
+using raymarch::grad_arg;
+using raymarch::with;
 
 using cuda::acc_t;
 using cuda::from_acc;
@@ -43,35 +48,10 @@ constexpr int kThreads = 128;  // 4 rays per block
 constexpr int kWarpsPerBlock = kThreads / kWarp;
 constexpr size_t kSharedLimit = 48 * 1024;
 
-struct Dims {
-  int64_t R, S, C;
-  std::vector<int64_t> lead;
-};
-
-Dims check_inputs(const at::Tensor& colors, const at::Tensor& densities, const at::Tensor& depths) {
-  TORCH_CHECK_VALUE(colors.dim() >= 2, "colors must be [..., S, C], got ", shape_str(colors));
-  TORCH_CHECK_VALUE(densities.dim() == colors.dim() - 1 && densities.sizes() == colors.sizes().slice(0, colors.dim() - 1),
-                    "densities must be [..., S] with the leading dims and S of colors ", shape_str(colors), ", got ",
-                    shape_str(densities));
-  TORCH_CHECK_VALUE(depths.sizes() == densities.sizes(), "depths must have the shape of densities ",
-                    shape_str(densities), ", got ", shape_str(depths));
-  check_cuda_dtypes(colors, "colors", densities, "densities");
-  check_same_dtype(densities, depths, "densities", "depths");
-  check_same_device(colors, densities, "colors", "densities");
-  check_same_device(colors, depths, "colors", "depths");
-  Dims d;
-  d.S = densities.size(-1);
-  TORCH_CHECK_VALUE(d.S >= 2, "ray_march needs S >= 2 samples per ray, got S = ", d.S);
-  TORCH_CHECK_VALUE(d.S < (int64_t(1) << 30), "ray_march supports S < 2^30 samples per ray, got S = ", d.S);
-  d.C = colors.size(-1);
-  d.lead = densities.sizes().slice(0, densities.dim() - 1).vec();
-  d.R = densities.numel() / d.S;
-  return d;
-}
-
-std::vector<int64_t> with(std::vector<int64_t> lead, std::initializer_list<int64_t> tail) {
-  lead.insert(lead.end(), tail.begin(), tail.end());
-  return lead;
+// The kernels index samples and channels with int32.
+void check_sizes(const Dims& d) {
+  TORCH_CHECK_VALUE(d.S < (int64_t(1) << 30) && d.C < (int64_t(1) << 30),
+                    "ray_march supports S, C < 2^30, got S = ", d.S, ", C = ", d.C);
 }
 
 // One interval's quantities, computed the same way wherever they are needed (both backward passes must agree
@@ -262,8 +242,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_cuda(const 
                                                                           const at::Tensor& densities,
                                                                           const at::Tensor& depths, double density_bias,
                                                                           bool white_background) {
-  const Dims d = check_inputs(colors, densities, depths);
-  TORCH_CHECK_VALUE(d.C < (int64_t(1) << 30), "ray_march supports C < 2^30 channels, got C = ", d.C);
+  const Dims d = raymarch::check_inputs(colors, densities, depths, /*cuda=*/true);
+  check_sizes(d);
   const c10::cuda::CUDAGuard guard(colors.device());
   at::Tensor feat = at::empty(with(d.lead, {d.C}), colors.options());
   at::Tensor depth = at::empty(d.lead, densities.options());
@@ -276,16 +256,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_cuda(const 
                                              weights);
   });
   return {feat, depth, opacity, weights};
-}
-
-std::optional<at::Tensor> grad_arg(const std::optional<at::Tensor>& g, const std::vector<int64_t>& shape,
-                                   const at::Tensor& like, const char* like_name, const char* name) {
-  if (!g.has_value() || !g->defined()) return std::nullopt;
-  TORCH_CHECK_VALUE(g->sizes() == at::IntArrayRef(shape), name, " must be ", at::IntArrayRef(shape), ", got ",
-                    shape_str(*g));
-  check_same_dtype(like, *g, like_name, name);
-  check_same_device(like, *g, like_name, name);
-  return g->contiguous();
 }
 
 template <typename V, typename G>
@@ -319,8 +289,8 @@ std::tuple<at::Tensor, at::Tensor> ray_march_backward_cuda(
     const std::optional<at::Tensor>& grad_opacity, const std::optional<at::Tensor>& grad_weights,
     const at::Tensor& colors, const at::Tensor& densities, const at::Tensor& depths, double density_bias,
     bool white_background) {
-  const Dims d = check_inputs(colors, densities, depths);
-  TORCH_CHECK_VALUE(d.C < (int64_t(1) << 30), "ray_march supports C < 2^30 channels, got C = ", d.C);
+  const Dims d = raymarch::check_inputs(colors, densities, depths, /*cuda=*/true);
+  check_sizes(d);
   const c10::cuda::CUDAGuard guard(colors.device());
   const auto gf = grad_arg(grad_features, with(d.lead, {d.C}), colors, "colors", "grad_features");
   const auto gd = grad_arg(grad_depth, d.lead, densities, "densities", "grad_depth");

@@ -26,32 +26,12 @@
 #include "common/cpu_buffers.h"
 #include "common/cpu_math.h"
 #include "triplane/triplane.h"
+#include "triplane/triplane_args.h"
 
 namespace oneshot {
 namespace {
 
 using triplane::Taps;
-
-triplane::Reduce parse_reduce(const std::string& reduce) {
-  if (reduce == "mean") return triplane::kMean;
-  if (reduce == "sum") return triplane::kSum;
-  TORCH_CHECK_VALUE(reduce == "none", "reduce must be 'mean', 'sum' or 'none', got '", reduce, "'");
-  return triplane::kNone;
-}
-
-void check_inputs(const at::Tensor& planes, const at::Tensor& points, at::IntArrayRef axes, double box_warp) {
-  check_dim(planes, 5, "planes", "[B, 3, C, H, W]");
-  TORCH_CHECK_VALUE(planes.size(1) == 3, "planes must be [B, 3, C, H, W], got ", shape_str(planes));
-  check_dim(points, 3, "points", "[B, M, 3]");
-  TORCH_CHECK_VALUE(points.size(2) == 3, "points must be [B, M, 3], got ", shape_str(points));
-  TORCH_CHECK_VALUE(points.size(0) == planes.size(0), "points must have the batch size of planes (",
-                    planes.size(0), "), got ", points.size(0));
-  TORCH_CHECK_VALUE(box_warp > 0, "box_warp must be > 0, got ", box_warp);
-  check_float(planes, "planes");
-  check_same_dtype(planes, points, "planes", "points");
-  check_same_device(planes, points, "planes", "points");
-  check_axes(axes);
-}
 
 // The planes as a channels-last [B, 3, H, W, C] view with unit channel stride (a copy only when needed).
 at::Tensor channels_last(const at::Tensor& planes) {
@@ -385,8 +365,8 @@ void backward(const Geometry<T>& g, const T* grad_out, const T* points, const T*
 
 at::Tensor triplane_sample_cpu(const at::Tensor& planes, const at::Tensor& points, double box_warp,
                                at::IntArrayRef axes, c10::string_view reduce_sv) {
-  check_inputs(planes, points, axes, box_warp);
-  const auto reduce = parse_reduce(std::string(reduce_sv));
+  triplane::check_inputs(planes, points, axes, box_warp, /*cuda=*/false);
+  const auto reduce = triplane::parse_reduce(std::string(reduce_sv));
   const int64_t B = planes.size(0), C = planes.size(2), M = points.size(1);
   at::Tensor out = reduce == triplane::kNone ? at::empty({B, 3, M, C}, planes.options())
                                              : at::empty({B, M, C}, planes.options());
@@ -408,16 +388,12 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cpu(const at::Tensor
                                                                 at::IntArrayRef axes, c10::string_view reduce_sv,
                                                                 bool planes_requires_grad,
                                                                 bool points_requires_grad) {
-  check_inputs(planes, points, axes, box_warp);
-  const auto reduce = parse_reduce(std::string(reduce_sv));
-  check_same_dtype(planes, grad_out, "planes", "grad_out");
+  triplane::check_inputs(planes, points, axes, box_warp, /*cuda=*/false);
+  const auto reduce = triplane::parse_reduce(std::string(reduce_sv));
+  triplane::check_grad_out(grad_out, planes, points, reduce);
   const int64_t B = planes.size(0), C = planes.size(2), H = planes.size(3), W = planes.size(4);
   const int64_t M = points.size(1);
   TORCH_CHECK_VALUE(M < (int64_t(1) << 31), "triplane_sample supports M < 2^31 points, got ", M);
-  const std::vector<int64_t> expected =
-      reduce == triplane::kNone ? std::vector<int64_t>{B, 3, M, C} : std::vector<int64_t>{B, M, C};
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), "grad_out must be ", at::IntArrayRef(expected),
-                    ", got ", shape_str(grad_out));
   const at::Tensor go = grad_out.contiguous();
   const at::Tensor pts = points.contiguous();
   at::Tensor grad_planes = at::empty({0}, planes.options());

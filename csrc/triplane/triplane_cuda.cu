@@ -29,6 +29,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "triplane/triplane.h"
+#include "triplane/triplane_args.h"
 
 namespace oneshot {
 namespace {
@@ -41,24 +42,8 @@ using triplane::Taps;
 
 constexpr int kThreads = 256;
 
-triplane::Reduce parse_reduce(const std::string& reduce) {
-  if (reduce == "mean") return triplane::kMean;
-  if (reduce == "sum") return triplane::kSum;
-  TORCH_CHECK_VALUE(reduce == "none", "reduce must be 'mean', 'sum' or 'none', got '", reduce, "'");
-  return triplane::kNone;
-}
-
-void check_inputs(const at::Tensor& planes, const at::Tensor& points, at::IntArrayRef axes, double box_warp) {
-  check_dim(planes, 5, "planes", "[B, 3, C, H, W]");
-  TORCH_CHECK_VALUE(planes.size(1) == 3, "planes must be [B, 3, C, H, W], got ", shape_str(planes));
-  check_dim(points, 3, "points", "[B, M, 3]");
-  TORCH_CHECK_VALUE(points.size(2) == 3, "points must be [B, M, 3], got ", shape_str(points));
-  TORCH_CHECK_VALUE(points.size(0) == planes.size(0), "points must have the batch size of planes (",
-                    planes.size(0), "), got ", points.size(0));
-  TORCH_CHECK_VALUE(box_warp > 0, "box_warp must be > 0, got ", box_warp);
-  check_cuda_dtypes(planes, "planes", points, "points");
-  check_same_device(planes, points, "planes", "points");
-  check_axes(axes);
+// The kernels index channels and pixels with int32.
+void check_sizes(const at::Tensor& planes) {
   TORCH_CHECK_VALUE(planes.size(2) < (int64_t(1) << 30) && planes.size(3) < (int64_t(1) << 30) &&
                         planes.size(4) < (int64_t(1) << 30),
                     "triplane_sample supports C, H, W < 2^30, got planes ", shape_str(planes));
@@ -300,8 +285,9 @@ void launch_forward(const at::Tensor& pl, const at::Tensor& pts, Geometry g, dou
 
 at::Tensor triplane_sample_cuda(const at::Tensor& planes, const at::Tensor& points, double box_warp,
                                 at::IntArrayRef axes, c10::string_view reduce_sv) {
-  check_inputs(planes, points, axes, box_warp);
-  const auto reduce = parse_reduce(std::string(reduce_sv));
+  triplane::check_inputs(planes, points, axes, box_warp, /*cuda=*/true);
+  check_sizes(planes);
+  const auto reduce = triplane::parse_reduce(std::string(reduce_sv));
   const c10::cuda::CUDAGuard guard(planes.device());
   const int64_t B = planes.size(0), C = planes.size(2), M = points.size(1);
   at::Tensor out = reduce == triplane::kNone ? at::empty({B, 3, M, C}, planes.options())
@@ -339,17 +325,13 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cuda(const at::Tenso
                                                                  at::IntArrayRef axes, c10::string_view reduce_sv,
                                                                  bool planes_requires_grad,
                                                                  bool points_requires_grad) {
-  check_inputs(planes, points, axes, box_warp);
-  const auto reduce = parse_reduce(std::string(reduce_sv));
-  check_same_dtype(planes, grad_out, "planes", "grad_out");
-  check_same_device(planes, grad_out, "planes", "grad_out");
+  triplane::check_inputs(planes, points, axes, box_warp, /*cuda=*/true);
+  check_sizes(planes);
+  const auto reduce = triplane::parse_reduce(std::string(reduce_sv));
+  triplane::check_grad_out(grad_out, planes, points, reduce);
   const c10::cuda::CUDAGuard guard(planes.device());
   const int64_t B = planes.size(0), C = planes.size(2), H = planes.size(3), W = planes.size(4);
   const int64_t M = points.size(1);
-  const std::vector<int64_t> expected =
-      reduce == triplane::kNone ? std::vector<int64_t>{B, 3, M, C} : std::vector<int64_t>{B, M, C};
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), "grad_out must be ", at::IntArrayRef(expected),
-                    ", got ", shape_str(grad_out));
   const bool low = planes.scalar_type() == at::kHalf || planes.scalar_type() == at::kBFloat16;
   // Accumulation buffer for the planes' gradient, channels-last; float32 for 16-bit planes.
   at::Tensor acc = planes_requires_grad
