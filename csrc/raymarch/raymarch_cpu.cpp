@@ -93,10 +93,14 @@ inline void ray_intervals(const T* s, const T* t, int64_t S, T bias, Scratch<T>&
 }
 
 // Phase 2: transmittance before each interval, weights, opacity and depth numerator (serial scan).
+// `next` prefetches meanwhile (the forward: the next ray's colors; the scan is latency-bound and the memory
+// pipe idle, so this overlaps the next ray's loads with this ray's compute).
 template <typename T>
-inline void transmittance(const T* alpha, const T* tbar, int64_t K, T* trans, T* w, T* opacity, T* num) {
+inline void transmittance(const T* alpha, const T* tbar, int64_t K, T* trans, T* w, T* opacity, T* num,
+                          const cpu::SpreadPrefetch& next) {
   T tr = T(1), op = T(0), nu = T(0);
   for (int64_t k = 0; k < K; ++k) {
+    next.at(k);
     trans[k] = tr;
     w[k] = alpha[k] * tr;
     tr = raymarch::next_transmittance(tr, alpha[k]);
@@ -146,11 +150,12 @@ inline void accumulate(const T* col, const T* omega, int64_t S, int64_t C, T ini
 
 template <typename T>
 ONESHOT_CPU_MULTIVERSION void forward_ray(const Dims& d, const T* col, const T* s, const T* t, T bias, bool white,
-                                          Scratch<T>& sc, T* f, T* depth, T* opacity, T* w_out) {
+                                          const cpu::SpreadPrefetch& next, Scratch<T>& sc, T* f, T* depth,
+                                          T* opacity, T* w_out) {
   const int64_t S = d.S, C = d.C, K = S - 1;
   ray_intervals<T, false>(s, t, S, bias, sc);
   T op, num;
-  transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), w_out, &op, &num);
+  transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), w_out, &op, &num, next);
   sample_weights<T>(w_out, S, sc.omega.data());
   accumulate<T>(col, sc.omega.data(), S, C, white ? T(1) - op : T(0), f);
   *opacity = op;
@@ -164,7 +169,8 @@ ONESHOT_CPU_MULTIVERSION void backward_ray(const Dims& d, const T* col, const T*
   const int64_t S = d.S, C = d.C, K = S - 1;
   ray_intervals<T, true>(s, t, S, bias, sc);
   T op, num;
-  transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), sc.w.data(), &op, &num);
+  transmittance<T>(sc.alpha.data(), sc.tbar.data(), K, sc.trans.data(), sc.w.data(), &op, &num,
+                   cpu::SpreadPrefetch(nullptr, 0, 0));  // the backward's own streams keep the fill buffers busy
 
   // dL/dw_k = gw_k + <gf, cbar_k> + g_opacity_eff + depth_coef (tbar_k - depth)
   T g_op = go ? *go : T(0);
@@ -200,11 +206,7 @@ ONESHOT_CPU_MULTIVERSION void backward_ray(const Dims& d, const T* col, const T*
   gs[K] = G[K - 1] / T(2);
   if (gf) {
     sample_weights<T>(sc.w.data(), S, sc.omega.data());
-    for (int64_t k = 0; k < S; ++k) {
-      const T om = sc.omega[k];
-      T* g = gc + k * C;
-      for (int64_t c = 0; c < C; ++c) g[c] = om * gf[c];
-    }
+    for (int64_t k = 0; k < S; ++k) cpu::scale_stream(gf, sc.omega[k], C, gc + k * C);
   } else {
     for (int64_t i = 0; i < S * C; ++i) gc[i] = T(0);
   }
@@ -233,7 +235,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_cpu(const a
     at::parallel_for(0, d.R, 64, [&](int64_t begin, int64_t end) {
       Scratch<T> sc(d.S);
       for (int64_t r = begin; r < end; ++r) {
-        forward_ray<T>(d, c + r * d.S * d.C, s + r * d.S, t + r * d.S, bias, white_background, sc, f + r * d.C,
+        const cpu::SpreadPrefetch next(r + 1 < end ? c + (r + 1) * d.S * d.C : nullptr,
+                                       d.S * d.C * int64_t(sizeof(T)), d.S - 1);
+        forward_ray<T>(d, c + r * d.S * d.C, s + r * d.S, t + r * d.S, bias, white_background, next, sc, f + r * d.C,
                        dp + r, op + r, w + r * (d.S - 1));
       }
     });
@@ -275,6 +279,7 @@ std::tuple<at::Tensor, at::Tensor> ray_march_backward_cpu(
                         pgd ? pgd + r : nullptr, pgo ? pgo + r : nullptr, pgw ? pgw + r * K : nullptr, sc,
                         gc + r * S * C, gs + r * S);
       }
+      cpu::stream_fence();  // grad_colors went out with streaming stores
     });
   });
   return {grad_colors, grad_dens};
