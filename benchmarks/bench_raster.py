@@ -72,7 +72,10 @@ def gather(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def run(device: torch.device, quick: bool, results: list) -> None:
+    # Triton only on a GPU: interpreter runs (TRITON_INTERPRET=1) are for tests and never timed.
+    triton = ("triton",) if device.type == "cuda" and ops.backend_info()["triton"] else ()
     for label, kind, C, res, provs in cases(quick):
+        provs = provs + triton
         points = make_points(kind, device)
         g = torch.Generator().manual_seed(1)
         feats = torch.randn(1, points.shape[1], C, generator=g).to(device).requires_grad_()

@@ -7,8 +7,10 @@ and picks the fastest available implementation unless ``backend=`` forces one.
 
 from __future__ import annotations
 
+import torch
+
 from .. import _extension
-from . import reference
+from . import _triton, reference
 from ._common import BACKENDS, PLANE_AXES_EG3D, PLANE_AXES_GOHA
 from .raster import rasterize_points
 from .raymarch import RayMarchResult, ray_march
@@ -34,7 +36,8 @@ def backend_info() -> dict:
     return {
         "native_cpu": st.loaded,
         "native_cuda": st.loaded and st.with_cuda,
-        "triton": False,
+        "triton": _triton.available(torch.device("cuda")) if torch.cuda.is_available() else _triton.available(
+            torch.device("cpu")),
         "extension_source": st.source,
         "extension_built_against_torch": st.built_torch,
         "extension_error": st.error,

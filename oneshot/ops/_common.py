@@ -142,10 +142,11 @@ def _has_native_kernel(op: str, device: torch.device) -> bool:
 
 
 def resolve_backend(backend, op: str, device: torch.device, dtype: torch.dtype, geom_dtype: torch.dtype | None = None) -> str:
-    """The implementation to run: "reference" or "native" (or "triton" once it exists).
+    """The implementation to run: "reference", "native" or "triton".
 
     `dtype` is the value tensor's dtype, `geom_dtype` the geometry's (default: the same). None / "auto": the
-    fastest available for the device and dtypes. A forced backend that cannot run raises a RuntimeError
+    fastest available for the device and dtypes (native where it exists; Triton is never picked automatically
+    until GPU benchmarks show it ahead of the CUDA kernels for an op). A forced backend that cannot run raises a RuntimeError
     (unavailable) or TypeError (unsupported dtype) saying why.
     """
     if backend not in BACKENDS:
@@ -175,7 +176,17 @@ def resolve_backend(backend, op: str, device: torch.device, dtype: torch.dtype, 
             got = str(dtype) if geom_dtype == dtype else f"{dtype} with {geom_dtype} geometry"
             raise TypeError(f"backend='native' supports {names} on {device.type} for {op}, got {got}")
         return "native"
-    raise RuntimeError(
-        f"backend='triton' is unavailable for {op}: the Triton kernels (oneshot.kernels) are not part of this "
-        "release yet; use backend='native' or 'reference'"
-    )
+    # backend == "triton"
+    from . import _triton
+
+    why = _triton.unavailable_reason(device)
+    if why is not None:
+        raise RuntimeError(f"backend='triton' is unavailable for {op}: {why}")
+    if dtype not in _triton.TRITON_DTYPES or geom_dtype != torch.float32:
+        got = str(dtype) if geom_dtype == dtype else f"{dtype} with {geom_dtype} geometry"
+        raise TypeError(
+            f"backend='triton' supports float32, and float16 / bfloat16 values with float32 geometry, for {op} "
+            f"(no float64: use backend='native' or 'reference'), got {got}"
+        )
+    _triton.ensure_registered()
+    return "triton"

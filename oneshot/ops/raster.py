@@ -116,9 +116,8 @@ def rasterize_points(
         return reference.rasterize_points(
             points, features, (H, W), box_warp, axes_pairs(flat_axes), valid, max_distance, align_corners
         )
-    planes, index = torch.ops.oneshot.rasterize_points(
-        points, features, H, W, box_warp, flat_axes, valid, max_distance, align_corners
-    )
+    op = torch.ops.oneshot.rasterize_points_triton if impl == "triton" else torch.ops.oneshot.rasterize_points
+    planes, index = op(points, features, H, W, box_warp, flat_axes, valid, max_distance, align_corners)
     return planes, index
 
 

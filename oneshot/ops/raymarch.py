@@ -79,7 +79,8 @@ def ray_march(
     impl = resolve_backend(backend, "ray_march", colors.device, colors.dtype, densities.dtype)
     if impl == "reference":
         return RayMarchResult(*reference.ray_march(colors, densities, depths, density_bias, white_background))
-    return RayMarchResult(*torch.ops.oneshot.ray_march(colors, densities, depths, density_bias, white_background))
+    op = torch.ops.oneshot.ray_march_triton if impl == "triton" else torch.ops.oneshot.ray_march
+    return RayMarchResult(*op(colors, densities, depths, density_bias, white_background))
 
 
 def _register() -> None:

@@ -72,6 +72,8 @@ def triplane_sample(
     impl = resolve_backend(backend, "triplane_sample", planes.device, planes.dtype, points.dtype)
     if impl == "reference":
         return reference.triplane_sample(planes, points, box_warp, axes_pairs(flat_axes), reduce)
+    if impl == "triton":
+        return torch.ops.oneshot.triplane_sample_triton(channels_last(planes), points, box_warp, flat_axes, reduce)
     return torch.ops.oneshot.triplane_sample(channels_last(planes), points, box_warp, flat_axes, reduce)
 
 

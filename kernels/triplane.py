@@ -1,0 +1,200 @@
+"""Triton kernels of triplane_sample (bilinear lookup of three feature planes at 3D points) and its backward,
+with host launchers.
+
+The planes are read channels-last ([B, 3, H, W, C], the layout oneshot.ops hands over), so a tile of BLOCK_M
+points x BLOCK_C channels of one tap is BLOCK_M contiguous runs. One program owns BLOCK_M points of one batch
+and loops over channel blocks; the tap geometry is computed once per program. Backward: the planes' gradient
+is scattered with atomic adds into a float32 channels-last buffer (so its summation order varies, as with
+grid_sample); the points' gradient reduces <grad_out, tap> over the channels inside the program, so each
+point is written once. Accumulation is float32; planes may be float16 / bfloat16 with float32 points.
+Kernels and launchers only: registration and autograd live in oneshot.ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import launch, next_pow2
+
+__all__ = ["triplane_forward", "triplane_backward"]
+
+REDUCE = {"mean": 0, "sum": 1, "none": 2}
+
+
+@triton.jit
+def _coord(px, py, pz, a):
+    return tl.where(a == 0, px, tl.where(a == 1, py, pz))
+
+
+@triton.jit
+def _taps(x, y, W, H):
+    """grid_sample(bilinear, zeros, align_corners=False) geometry at normalised (x, y): top-left tap, fractions,
+    and whether any tap can be inside (False also for NaN)."""
+    ix = ((x + 1.0) * W - 1.0) / 2.0
+    iy = ((y + 1.0) * H - 1.0) / 2.0
+    anyin = (ix >= -1.0) & (ix < W) & (iy >= -1.0) & (iy < H)
+    ix = tl.where(anyin, ix, 0.0)
+    iy = tl.where(anyin, iy, 0.0)
+    fx = tl.floor(ix)
+    fy = tl.floor(iy)
+    return fx.to(tl.int32), fy.to(tl.int32), ix - fx, iy - fy, anyin
+
+
+@triton.jit
+def _forward_kernel(planes_ptr, points_ptr, out_ptr, M, C, H, W, scale, a00, a01, a10, a11, a20, a21,
+                    REDUCE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = m < M
+    m64 = m.to(tl.int64)
+    pbase = points_ptr + (b * M + m64) * 3
+    px = tl.load(pbase + 0, mask=mmask, other=0.0).to(tl.float32) * scale
+    py = tl.load(pbase + 1, mask=mmask, other=0.0).to(tl.float32) * scale
+    pz = tl.load(pbase + 2, mask=mmask, other=0.0).to(tl.float32) * scale
+    ch = tl.arange(0, BLOCK_C)
+    for cb in range(0, tl.cdiv(C, BLOCK_C)):
+        c = cb * BLOCK_C + ch
+        cmask = c < C
+        total = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+        for p in tl.static_range(3):
+            if p == 0:
+                ax, ay = a00, a01
+            elif p == 1:
+                ax, ay = a10, a11
+            else:
+                ax, ay = a20, a21
+            x0, y0, tx, ty, anyin = _taps(_coord(px, py, pz, ax), _coord(px, py, pz, ay), W, H)
+            plane = planes_ptr + (b * 3 + p) * H * W * C
+            acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+            for k in tl.static_range(4):
+                xi = x0 + (k % 2)
+                yi = y0 + (k // 2)
+                wx = tx if k % 2 == 1 else 1.0 - tx
+                wy = ty if k // 2 == 1 else 1.0 - ty
+                inside = anyin & mmask & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
+                off = (yi.to(tl.int64) * W + xi) * C
+                v = tl.load(plane + off[:, None] + c[None, :], mask=inside[:, None] & cmask[None, :], other=0.0)
+                acc += (wx * wy)[:, None] * v.to(tl.float32)
+            if REDUCE == 2:
+                dst = out_ptr + ((b * 3 + p) * M + m64)[:, None] * C + c[None, :]
+                tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & cmask[None, :])
+            else:
+                total += acc
+        if REDUCE != 2:
+            if REDUCE == 0:
+                total = total / 3.0
+            dst = out_ptr + (b * M + m64)[:, None] * C + c[None, :]
+            tl.store(dst, total.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _backward_kernel(grad_ptr, planes_ptr, points_ptr, gplanes_ptr, gpoints_ptr, M, C, H, W, scale,
+                     a00, a01, a10, a11, a20, a21, REDUCE: tl.constexpr, NEED_PLANES: tl.constexpr,
+                     NEED_POINTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = m < M
+    m64 = m.to(tl.int64)
+    pbase = points_ptr + (b * M + m64) * 3
+    px = tl.load(pbase + 0, mask=mmask, other=0.0).to(tl.float32) * scale
+    py = tl.load(pbase + 1, mask=mmask, other=0.0).to(tl.float32) * scale
+    pz = tl.load(pbase + 2, mask=mmask, other=0.0).to(tl.float32) * scale
+    factor = 1.0 / 3.0 if REDUCE == 0 else 1.0
+    ch = tl.arange(0, BLOCK_C)
+    g0 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    g1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    g2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for p in tl.static_range(3):
+        if p == 0:
+            ax, ay = a00, a01
+        elif p == 1:
+            ax, ay = a10, a11
+        else:
+            ax, ay = a20, a21
+        x0, y0, tx, ty, anyin = _taps(_coord(px, py, pz, ax), _coord(px, py, pz, ay), W, H)
+        plane = planes_ptr + (b * 3 + p) * H * W * C
+        gplane = gplanes_ptr + (b * 3 + p) * H * W * C
+        if REDUCE == 2:
+            grow = grad_ptr + ((b * 3 + p) * M + m64) * C
+        else:
+            grow = grad_ptr + (b * M + m64) * C
+        hx = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        hy = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for cb in range(0, tl.cdiv(C, BLOCK_C)):
+            c = cb * BLOCK_C + ch
+            cmask = c < C
+            g = tl.load(grow[:, None] + c[None, :], mask=mmask[:, None] & cmask[None, :], other=0.0)
+            g = g.to(tl.float32) * factor
+            for k in tl.static_range(4):
+                xi = x0 + (k % 2)
+                yi = y0 + (k // 2)
+                wx = tx if k % 2 == 1 else 1.0 - tx
+                wy = ty if k // 2 == 1 else 1.0 - ty
+                inside = anyin & mmask & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
+                m2 = inside[:, None] & cmask[None, :]
+                off = (yi.to(tl.int64) * W + xi) * C
+                if NEED_PLANES:
+                    tl.atomic_add(gplane + off[:, None] + c[None, :], (wx * wy)[:, None] * g, mask=m2)
+                if NEED_POINTS:
+                    v = tl.load(plane + off[:, None] + c[None, :], mask=m2, other=0.0).to(tl.float32)
+                    d = tl.sum(g * v, axis=1)
+                    dwx = wy if k % 2 == 1 else -wy  # d(weight)/d(ix)
+                    dwy = wx if k // 2 == 1 else -wx  # d(weight)/d(iy)
+                    hx += dwx * d
+                    hy += dwy * d
+        if NEED_POINTS:
+            # d(pixel)/d(c) = size / 2; d(c)/d(point) = scale (below).
+            hx = hx * W / 2.0
+            hy = hy * H / 2.0
+            g0 += tl.where(ax == 0, hx, 0.0) + tl.where(ay == 0, hy, 0.0)
+            g1 += tl.where(ax == 1, hx, 0.0) + tl.where(ay == 1, hy, 0.0)
+            g2 += tl.where(ax == 2, hx, 0.0) + tl.where(ay == 2, hy, 0.0)
+    if NEED_POINTS:
+        gbase = gpoints_ptr + (b * M + m64) * 3
+        tl.store(gbase + 0, g0 * scale, mask=mmask)
+        tl.store(gbase + 1, g1 * scale, mask=mmask)
+        tl.store(gbase + 2, g2 * scale, mask=mmask)
+
+
+def _blocks(C: int) -> tuple[int, int]:
+    block_c = min(next_pow2(max(C, 1)), 64)
+    return max(16, 4096 // block_c // 4), block_c
+
+
+def triplane_forward(planes_cl: torch.Tensor, points: torch.Tensor, box_warp: float, axes, reduce: str):
+    """planes_cl [B, 3, H, W, C] contiguous, points [B, M, 3] contiguous -> [B, M, C] or [B, 3, M, C]."""
+    B, _, H, W, C = planes_cl.shape
+    M = points.shape[1]
+    shape = (B, 3, M, C) if reduce == "none" else (B, M, C)
+    out = planes_cl.new_empty(shape)
+    if out.numel() == 0:
+        return out
+    block_m, block_c = _blocks(C)
+    grid = (triton.cdiv(M, block_m), B)
+    launch(_forward_kernel)[grid](planes_cl, points, out, M, C, H, W, 2.0 / box_warp, *axes,
+                                  REDUCE=REDUCE[reduce], BLOCK_M=block_m, BLOCK_C=block_c)
+    return out
+
+
+def triplane_backward(grad_out: torch.Tensor, planes_cl: torch.Tensor, points: torch.Tensor, box_warp: float, axes,
+                      reduce: str, need_planes: bool, need_points: bool):
+    """-> grad of the planes, channels-last [B, 3, H, W, C] in float32 (empty when not needed), grad of the
+    points [B, M, 3] (empty when not needed)."""
+    B, _, H, W, C = planes_cl.shape
+    M = points.shape[1]
+    gplanes = torch.zeros((B, 3, H, W, C) if need_planes else (0,), dtype=torch.float32, device=planes_cl.device)
+    gpoints = (torch.zeros((B, M, 3), dtype=points.dtype, device=points.device) if need_points
+               else points.new_empty((0,)))
+    if B == 0 or M == 0 or C == 0 or not (need_planes or need_points):
+        return gplanes, gpoints
+    block_m, block_c = _blocks(C)
+    grid = (triton.cdiv(M, block_m), B)
+    launch(_backward_kernel)[grid](grad_out, planes_cl, points, gplanes if need_planes else planes_cl,
+                                   gpoints if need_points else points, M, C, H, W, 2.0 / box_warp, *axes,
+                                   REDUCE=REDUCE[reduce], NEED_PLANES=bool(need_planes),
+                                   NEED_POINTS=bool(need_points), BLOCK_M=block_m, BLOCK_C=block_c)
+    return gplanes, gpoints

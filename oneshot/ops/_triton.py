@@ -1,0 +1,151 @@
+"""backend="triton": the Triton kernels of oneshot.kernels as torch.library ops with autograd.
+
+``oneshot::<op>_triton`` and ``oneshot::<op>_backward_triton`` are ``torch.library.triton_op``s (torch.compile
+traces into their kernels through ``wrap_triton``), registered on first use so that ``import oneshot`` never
+imports triton. The Triton backend runs on CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's
+interpreter, for tests). dtypes: float32, and float16 / bfloat16 values (planes, colors, features) with float32
+geometry; no float64.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_REGISTERED = False
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why backend="triton" cannot run on `device` (None when it can)."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and _interpreting():
+        return None
+    return (f"the Triton backend needs CUDA tensors, got {device.type} tensors (CPU tensors run only in Triton's "
+            "interpreter, with TRITON_INTERPRET=1 set before the first use, for tests)")
+
+
+def available(device: torch.device) -> bool:
+    return unavailable_reason(device) is None
+
+
+def ensure_registered() -> None:
+    """Define the Triton ops (once)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from oneshot.kernels import raster as kraster
+    from oneshot.kernels import raymarch as kray
+    from oneshot.kernels import triplane as ktri
+
+    # ---- triplane_sample
+    @torch.library.triton_op("oneshot::triplane_sample_triton", mutates_args=())
+    def triplane_sample_triton(planes: Tensor, points: Tensor, box_warp: float, axes: list[int],
+                               reduce: str) -> Tensor:
+        planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()  # no copy when already channels-last
+        return ktri.triplane_forward(planes_cl, points.contiguous(), box_warp, axes, reduce)
+
+    @torch.library.triton_op("oneshot::triplane_sample_backward_triton", mutates_args=())
+    def triplane_sample_backward_triton(grad_out: Tensor, planes: Tensor, points: Tensor, box_warp: float,
+                                        axes: list[int], reduce: str, planes_requires_grad: bool,
+                                        points_requires_grad: bool) -> tuple[Tensor, Tensor]:
+        planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()
+        gp, gx = ktri.triplane_backward(grad_out.contiguous(), planes_cl, points.contiguous(), box_warp, axes,
+                                        reduce, planes_requires_grad, points_requires_grad)
+        if planes_requires_grad:
+            gp = gp.to(planes.dtype).permute(0, 1, 4, 2, 3)  # [B, 3, C, H, W] view of the channels-last buffer
+        return gp, gx
+
+    def tri_setup(ctx, inputs, output):
+        planes, points, box_warp, axes, reduce = inputs
+        ctx.save_for_backward(planes, points)
+        ctx.args = (box_warp, axes, reduce)
+        ctx.set_materialize_grads(False)
+
+    def tri_backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None, None
+        planes, points = ctx.saved_tensors
+        need_p, need_x = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gp, gx = torch.ops.oneshot.triplane_sample_backward_triton(grad, planes, points, *ctx.args, need_p, need_x)
+        return (gp if need_p else None), (gx if need_x else None), None, None, None
+
+    torch.library.register_autograd("oneshot::triplane_sample_triton", tri_backward, setup_context=tri_setup)
+
+    # ---- ray_march
+    @torch.library.triton_op("oneshot::ray_march_triton", mutates_args=())
+    def ray_march_triton(colors: Tensor, densities: Tensor, depths: Tensor, density_bias: float,
+                         white_background: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        lead, S, C = densities.shape[:-1], densities.shape[-1], colors.shape[-1]
+        feat, depth, opacity, weights = kray.ray_march_forward(
+            colors.reshape(-1, S, C).contiguous(), densities.reshape(-1, S).contiguous(),
+            depths.reshape(-1, S).contiguous(), density_bias, white_background)
+        return (feat.reshape(*lead, C), depth.reshape(lead), opacity.reshape(lead),
+                weights.reshape(*lead, S - 1))
+
+    @torch.library.triton_op("oneshot::ray_march_backward_triton", mutates_args=())
+    def ray_march_backward_triton(grad_features: Optional[Tensor], grad_depth: Optional[Tensor],
+                                  grad_opacity: Optional[Tensor], grad_weights: Optional[Tensor], colors: Tensor,
+                                  densities: Tensor, depths: Tensor, density_bias: float,
+                                  white_background: bool) -> tuple[Tensor, Tensor]:
+        S, C = densities.shape[-1], colors.shape[-1]
+        flat = lambda g, *tail: None if g is None else g.reshape(-1, *tail).contiguous()  # noqa: E731
+        gc, gs = kray.ray_march_backward(
+            flat(grad_features, C), flat(grad_depth), flat(grad_opacity), flat(grad_weights, S - 1),
+            colors.reshape(-1, S, C).contiguous(), densities.reshape(-1, S).contiguous(),
+            depths.reshape(-1, S).contiguous(), density_bias, white_background)
+        return gc.reshape(colors.shape), gs.reshape(densities.shape)
+
+    def ray_setup(ctx, inputs, output):
+        colors, densities, depths, density_bias, white_background = inputs
+        ctx.save_for_backward(colors, densities, depths)
+        ctx.args = (density_bias, white_background)
+        ctx.set_materialize_grads(False)
+
+    def ray_backward(ctx, gf, gd, go, gw):
+        if gf is None and gd is None and go is None and gw is None:
+            return None, None, None, None, None
+        colors, densities, depths = ctx.saved_tensors
+        gc, gs = torch.ops.oneshot.ray_march_backward_triton(gf, gd, go, gw, colors, densities, depths, *ctx.args)
+        return gc, gs, None, None, None
+
+    torch.library.register_autograd("oneshot::ray_march_triton", ray_backward, setup_context=ray_setup)
+
+    # ---- rasterize_points
+    @torch.library.triton_op("oneshot::rasterize_points_triton", mutates_args=())
+    def rasterize_points_triton(points: Tensor, features: Tensor, height: int, width: int, box_warp: float,
+                                axes: list[int], valid: Optional[Tensor], max_distance: Optional[float],
+                                align_corners: bool) -> tuple[Tensor, Tensor]:
+        return kraster.rasterize_forward(points.contiguous(), features.contiguous(), height, width, box_warp, axes,
+                                         None if valid is None else valid.contiguous(), max_distance,
+                                         align_corners)
+
+    @torch.library.triton_op("oneshot::rasterize_points_backward_triton", mutates_args=())
+    def rasterize_points_backward_triton(grad_planes: Tensor, index: Tensor, num_points: int) -> Tensor:
+        return kraster.rasterize_backward(grad_planes.contiguous(), index.contiguous(), num_points)
+
+    def ras_setup(ctx, inputs, output):
+        ctx.num_points = inputs[0].shape[1]
+        ctx.save_for_backward(output[1])
+        ctx.set_materialize_grads(False)
+
+    def ras_backward(ctx, grad_planes, grad_index):
+        (index,) = ctx.saved_tensors
+        grad_features = None
+        if ctx.needs_input_grad[1] and grad_planes is not None:
+            grad_features = torch.ops.oneshot.rasterize_points_backward_triton(grad_planes, index, ctx.num_points)
+        return (None, grad_features) + (None,) * 7
+
+    torch.library.register_autograd("oneshot::rasterize_points_triton", ras_backward, setup_context=ras_setup)
+    _REGISTERED = True
