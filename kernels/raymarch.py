@@ -45,6 +45,16 @@ def _interval(s0, s1, t0, t1, bias):
 
 
 @triton.jit
+def _load_interval(s_ptr, t_ptr, row_s, k, rmask, bias):
+    """_interval of interval k of the rays whose first sample is at row_s."""
+    s0 = tl.load(s_ptr + row_s + k, mask=rmask, other=0.0).to(tl.float32)
+    s1 = tl.load(s_ptr + row_s + k + 1, mask=rmask, other=0.0).to(tl.float32)
+    t0 = tl.load(t_ptr + row_s + k, mask=rmask, other=0.0).to(tl.float32)
+    t1 = tl.load(t_ptr + row_s + k + 1, mask=rmask, other=0.0).to(tl.float32)
+    return _interval(s0, s1, t0, t1, bias)
+
+
+@triton.jit
 def _forward_kernel(col_ptr, s_ptr, t_ptr, feat_ptr, depth_ptr, opacity_ptr, weights_ptr, R, S, C, bias,
                     WHITE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
@@ -113,11 +123,7 @@ def _backward_kernel(col_ptr, s_ptr, t_ptr, gf_ptr, gd_ptr, go_ptr, gw_ptr, tran
     op = tl.zeros((BLOCK_R,), dtype=tl.float32)
     num = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for k in range(0, K):
-        s0 = tl.load(s_ptr + row_s + k, mask=rmask, other=0.0).to(tl.float32)
-        s1 = tl.load(s_ptr + row_s + k + 1, mask=rmask, other=0.0).to(tl.float32)
-        t0 = tl.load(t_ptr + row_s + k, mask=rmask, other=0.0).to(tl.float32)
-        t1 = tl.load(t_ptr + row_s + k + 1, mask=rmask, other=0.0).to(tl.float32)
-        alpha, e, slope, delta, tbar = _interval(s0, s1, t0, t1, bias)
+        alpha, e, slope, delta, tbar = _load_interval(s_ptr, t_ptr, row_s, k, rmask, bias)
         tl.store(trans_ptr + row_s + k, trans, mask=rmask)
         w = alpha * trans
         trans = trans * ((1.0 - alpha) + 1e-10)
@@ -166,11 +172,7 @@ def _backward_kernel(col_ptr, s_ptr, t_ptr, gf_ptr, gd_ptr, go_ptr, gw_ptr, tran
         k = K - 1 - i
         has = (rays * 0 + k) >= 0  # a vector (see the forward)
         kk = tl.maximum(k, 0)
-        s0 = tl.load(s_ptr + row_s + kk, mask=rmask, other=0.0).to(tl.float32)
-        s1 = tl.load(s_ptr + row_s + kk + 1, mask=rmask, other=0.0).to(tl.float32)
-        t0 = tl.load(t_ptr + row_s + kk, mask=rmask, other=0.0).to(tl.float32)
-        t1 = tl.load(t_ptr + row_s + kk + 1, mask=rmask, other=0.0).to(tl.float32)
-        alpha, e, slope, delta, tbar = _interval(s0, s1, t0, t1, bias)
+        alpha, e, slope, delta, tbar = _load_interval(s_ptr, t_ptr, row_s, kk, rmask, bias)
         trans_k = tl.load(trans_ptr + row_s + kk, mask=rmask, other=0.0)
         w = tl.where(has, alpha * trans_k, 0.0)
         g = g_op + depth_coef * (tbar - depth_val)

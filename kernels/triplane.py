@@ -43,39 +43,59 @@ def _taps(x, y, W, H):
 
 
 @triton.jit
+def _scaled_points(points_ptr, b, m64, M, mmask, scale):
+    """c = points * scale for points m of batch b (x, y, z vectors)."""
+    base = points_ptr + (b * M + m64) * 3
+    px = tl.load(base + 0, mask=mmask, other=0.0).to(tl.float32) * scale
+    py = tl.load(base + 1, mask=mmask, other=0.0).to(tl.float32) * scale
+    pz = tl.load(base + 2, mask=mmask, other=0.0).to(tl.float32) * scale
+    return px, py, pz
+
+
+@triton.jit
+def _plane_taps(px, py, pz, p: tl.constexpr, a00, a01, a10, a11, a20, a21, W, H):
+    """The coordinate pair plane p reads, and the tap geometry there (see _taps)."""
+    if p == 0:
+        ax, ay = a00, a01
+    elif p == 1:
+        ax, ay = a10, a11
+    else:
+        ax, ay = a20, a21
+    x0, y0, tx, ty, anyin = _taps(_coord(px, py, pz, ax), _coord(px, py, pz, ay), W, H)
+    return ax, ay, x0, y0, tx, ty, anyin
+
+
+@triton.jit
+def _tap(x0, y0, tx, ty, live, k: tl.constexpr, W, H, C):
+    """Tap k (0: (x0, y0), 1: (x0+1, y0), 2: (x0, y0+1), 3: (x0+1, y0+1)): element offset of its channel row in
+    the plane, whether it is read, and its two weight factors (weight = wx * wy)."""
+    xi = x0 + (k % 2)
+    yi = y0 + (k // 2)
+    wx = tx if k % 2 == 1 else 1.0 - tx
+    wy = ty if k // 2 == 1 else 1.0 - ty
+    inside = live & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
+    return (yi.to(tl.int64) * W + xi) * C, inside, wx, wy
+
+
+@triton.jit
 def _forward_kernel(planes_ptr, points_ptr, out_ptr, M, C, H, W, scale, a00, a01, a10, a11, a20, a21,
                     REDUCE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mmask = m < M
     m64 = m.to(tl.int64)
-    pbase = points_ptr + (b * M + m64) * 3
-    px = tl.load(pbase + 0, mask=mmask, other=0.0).to(tl.float32) * scale
-    py = tl.load(pbase + 1, mask=mmask, other=0.0).to(tl.float32) * scale
-    pz = tl.load(pbase + 2, mask=mmask, other=0.0).to(tl.float32) * scale
+    px, py, pz = _scaled_points(points_ptr, b, m64, M, mmask, scale)
     ch = tl.arange(0, BLOCK_C)
     for cb in range(0, tl.cdiv(C, BLOCK_C)):
         c = cb * BLOCK_C + ch
         cmask = c < C
         total = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
         for p in tl.static_range(3):
-            if p == 0:
-                ax, ay = a00, a01
-            elif p == 1:
-                ax, ay = a10, a11
-            else:
-                ax, ay = a20, a21
-            x0, y0, tx, ty, anyin = _taps(_coord(px, py, pz, ax), _coord(px, py, pz, ay), W, H)
+            ax, ay, x0, y0, tx, ty, anyin = _plane_taps(px, py, pz, p, a00, a01, a10, a11, a20, a21, W, H)
             plane = planes_ptr + (b * 3 + p) * H * W * C
             acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
             for k in tl.static_range(4):
-                xi = x0 + (k % 2)
-                yi = y0 + (k // 2)
-                wx = tx if k % 2 == 1 else 1.0 - tx
-                wy = ty if k // 2 == 1 else 1.0 - ty
-                inside = anyin & mmask & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
-                off = (yi.to(tl.int64) * W + xi) * C
+                off, inside, wx, wy = _tap(x0, y0, tx, ty, anyin & mmask, k, W, H, C)
                 v = tl.load(plane + off[:, None] + c[None, :], mask=inside[:, None] & cmask[None, :], other=0.0)
                 acc += (wx * wy)[:, None] * v.to(tl.float32)
             if REDUCE == 2:
@@ -94,28 +114,18 @@ def _forward_kernel(planes_ptr, points_ptr, out_ptr, M, C, H, W, scale, a00, a01
 def _backward_kernel(grad_ptr, planes_ptr, points_ptr, gplanes_ptr, gpoints_ptr, M, C, H, W, scale,
                      a00, a01, a10, a11, a20, a21, REDUCE: tl.constexpr, NEED_PLANES: tl.constexpr,
                      NEED_POINTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mmask = m < M
     m64 = m.to(tl.int64)
-    pbase = points_ptr + (b * M + m64) * 3
-    px = tl.load(pbase + 0, mask=mmask, other=0.0).to(tl.float32) * scale
-    py = tl.load(pbase + 1, mask=mmask, other=0.0).to(tl.float32) * scale
-    pz = tl.load(pbase + 2, mask=mmask, other=0.0).to(tl.float32) * scale
+    px, py, pz = _scaled_points(points_ptr, b, m64, M, mmask, scale)
     factor = 1.0 / 3.0 if REDUCE == 0 else 1.0
     ch = tl.arange(0, BLOCK_C)
     g0 = tl.zeros((BLOCK_M,), dtype=tl.float32)
     g1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
     g2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for p in tl.static_range(3):
-        if p == 0:
-            ax, ay = a00, a01
-        elif p == 1:
-            ax, ay = a10, a11
-        else:
-            ax, ay = a20, a21
-        x0, y0, tx, ty, anyin = _taps(_coord(px, py, pz, ax), _coord(px, py, pz, ay), W, H)
+        ax, ay, x0, y0, tx, ty, anyin = _plane_taps(px, py, pz, p, a00, a01, a10, a11, a20, a21, W, H)
         plane = planes_ptr + (b * 3 + p) * H * W * C
         gplane = gplanes_ptr + (b * 3 + p) * H * W * C
         if REDUCE == 2:
@@ -130,13 +140,8 @@ def _backward_kernel(grad_ptr, planes_ptr, points_ptr, gplanes_ptr, gpoints_ptr,
             g = tl.load(grow[:, None] + c[None, :], mask=mmask[:, None] & cmask[None, :], other=0.0)
             g = g.to(tl.float32) * factor
             for k in tl.static_range(4):
-                xi = x0 + (k % 2)
-                yi = y0 + (k // 2)
-                wx = tx if k % 2 == 1 else 1.0 - tx
-                wy = ty if k // 2 == 1 else 1.0 - ty
-                inside = anyin & mmask & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
+                off, inside, wx, wy = _tap(x0, y0, tx, ty, anyin & mmask, k, W, H, C)
                 m2 = inside[:, None] & cmask[None, :]
-                off = (yi.to(tl.int64) * W + xi) * C
                 if NEED_PLANES:
                     tl.atomic_add(gplane + off[:, None] + c[None, :], (wx * wy)[:, None] * g, mask=m2)
                 if NEED_POINTS:

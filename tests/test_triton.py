@@ -193,6 +193,19 @@ def test_rasterize_16bit_features():
 # ---------------------------------------------------------------------------------------------------------- #
 
 
+def test_autocast_casts_16bit_geometry_of_the_triton_ops():
+    colors, dens, depths = _rays((6,), 8, 3, "moderate", 9)
+    c, s, t = colors.float().to(DEVICE), dens.to(DEVICE, torch.bfloat16), depths.float().to(DEVICE)
+    want = ops.ray_march(c, s.float(), t, backend="triton")  # (also registers the Triton ops)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out = torch.ops.oneshot.ray_march_triton(c, s, t, -1.0, False)
+        pub = ops.ray_march(c, s, t, backend="triton")
+    assert out[1].dtype == torch.float32
+    for a, b in zip(out, want):
+        assert torch.equal(a, b)
+    assert torch.equal(pub.features, want.features)
+
+
 def test_float64_is_refused_with_a_clear_error():
     with pytest.raises(TypeError, match=r"backend='triton' supports float32.*no float64"):
         ops.ray_march(torch.rand(2, 3, 1, dtype=torch.float64, device=DEVICE),

@@ -93,6 +93,24 @@ __device__ __forceinline__ PlaneTaps<G> plane_taps(const G* pt, G scale, const G
   return out;
 }
 
+// How a thread walks the points: its lane in the group of gs threads of a point (gl), its point's slot in the
+// warp, and a loop w0 = first; w0 < B * M; w0 += stride that is the same for every lane of a warp.
+struct PointWalk {
+  int gl;
+  int64_t slot, first, stride;
+};
+
+__device__ __forceinline__ PointWalk point_walk(int gs) {
+  const int lane = threadIdx.x % kWarp;
+  const int per_warp = kWarp / gs;
+  PointWalk pw;
+  pw.gl = lane % gs;
+  pw.slot = lane / gs;
+  pw.first = (int64_t(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp) * per_warp;
+  pw.stride = int64_t(gridDim.x) * (kThreads / kWarp) * per_warp;
+  return pw;
+}
+
 // Work is handed out per warp so that every lane of a warp runs the same number of outer iterations (the
 // backward's group shuffles need the whole warp).
 template <typename T, typename G, int VW>
@@ -101,14 +119,11 @@ __global__ void __launch_bounds__(kThreads) triplane_forward_kernel(const T* __r
                                                                      G scale, T* __restrict__ out) {
   using A = acc_t<T>;
   const int gs = g.group;
-  const int lane = threadIdx.x % kWarp;
-  const int gl = lane % gs;
-  const int per_warp = kWarp / gs;
+  const PointWalk pw = point_walk(gs);
+  const int gl = pw.gl;
   const int64_t BM = g.B * g.M;
-  const int64_t warps = int64_t(gridDim.x) * (kThreads / kWarp);
-  for (int64_t w0 = (int64_t(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp) * per_warp; w0 < BM;
-       w0 += warps * per_warp) {
-    const int64_t bm = w0 + lane / gs;
+  for (int64_t w0 = pw.first; w0 < BM; w0 += pw.stride) {
+    const int64_t bm = w0 + pw.slot;
     if (bm >= BM) continue;
     const int64_t b = bm / g.M, m = bm - b * g.M;
     const G* pt = points + bm * 3;
@@ -158,15 +173,12 @@ __global__ void __launch_bounds__(kThreads) triplane_backward_kernel(
     acc_t<T>* __restrict__ grad_planes, G* __restrict__ grad_points) {
   using A = acc_t<T>;
   const int gs = g.group;
-  const int lane = threadIdx.x % kWarp;
-  const int gl = lane % gs;
-  const int per_warp = kWarp / gs;
+  const PointWalk pw = point_walk(gs);
+  const int gl = pw.gl;
   const int64_t BM = g.B * g.M;
-  const int64_t warps = int64_t(gridDim.x) * (kThreads / kWarp);
   const A factor = g.reduce == triplane::kMean ? A(1) / A(3) : A(1);
-  for (int64_t w0 = (int64_t(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp) * per_warp; w0 < BM;
-       w0 += warps * per_warp) {
-    const int64_t bm = w0 + lane / gs;
+  for (int64_t w0 = pw.first; w0 < BM; w0 += pw.stride) {
+    const int64_t bm = w0 + pw.slot;
     const bool active = bm < BM;  // inactive lanes still join the shuffles below
     A hx[3] = {A(0), A(0), A(0)}, hy[3] = {A(0), A(0), A(0)};
     if (active) {

@@ -49,6 +49,9 @@ def ensure_registered() -> None:
     from oneshot.kernels import raymarch as kray
     from oneshot.kernels import triplane as ktri
 
+    from . import raster, raymarch, triplane
+    from ._common import register_geometry_autocast
+
     # ---- triplane_sample
     @torch.library.triton_op("oneshot::triplane_sample_triton", mutates_args=())
     def triplane_sample_triton(planes: Tensor, points: Tensor, box_warp: float, axes: list[int],
@@ -67,21 +70,7 @@ def ensure_registered() -> None:
             gp = gp.to(planes.dtype).permute(0, 1, 4, 2, 3)  # [B, 3, C, H, W] view of the channels-last buffer
         return gp, gx
 
-    def tri_setup(ctx, inputs, output):
-        planes, points, box_warp, axes, reduce = inputs
-        ctx.save_for_backward(planes, points)
-        ctx.args = (box_warp, axes, reduce)
-        ctx.set_materialize_grads(False)
-
-    def tri_backward(ctx, grad):
-        if grad is None:
-            return None, None, None, None, None
-        planes, points = ctx.saved_tensors
-        need_p, need_x = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gp, gx = torch.ops.oneshot.triplane_sample_backward_triton(grad, planes, points, *ctx.args, need_p, need_x)
-        return (gp if need_p else None), (gx if need_x else None), None, None, None
-
-    torch.library.register_autograd("oneshot::triplane_sample_triton", tri_backward, setup_context=tri_setup)
+    triplane.register_autograd("triplane_sample_triton", "triplane_sample_backward_triton")
 
     # ---- ray_march
     @torch.library.triton_op("oneshot::ray_march_triton", mutates_args=())
@@ -107,20 +96,7 @@ def ensure_registered() -> None:
             depths.reshape(-1, S).contiguous(), density_bias, white_background)
         return gc.reshape(colors.shape), gs.reshape(densities.shape)
 
-    def ray_setup(ctx, inputs, output):
-        colors, densities, depths, density_bias, white_background = inputs
-        ctx.save_for_backward(colors, densities, depths)
-        ctx.args = (density_bias, white_background)
-        ctx.set_materialize_grads(False)
-
-    def ray_backward(ctx, gf, gd, go, gw):
-        if gf is None and gd is None and go is None and gw is None:
-            return None, None, None, None, None
-        colors, densities, depths = ctx.saved_tensors
-        gc, gs = torch.ops.oneshot.ray_march_backward_triton(gf, gd, go, gw, colors, densities, depths, *ctx.args)
-        return gc, gs, None, None, None
-
-    torch.library.register_autograd("oneshot::ray_march_triton", ray_backward, setup_context=ray_setup)
+    raymarch.register_autograd("ray_march_triton", "ray_march_backward_triton")
 
     # ---- rasterize_points
     @torch.library.triton_op("oneshot::rasterize_points_triton", mutates_args=())
@@ -135,17 +111,8 @@ def ensure_registered() -> None:
     def rasterize_points_backward_triton(grad_planes: Tensor, index: Tensor, num_points: int) -> Tensor:
         return kraster.rasterize_backward(grad_planes.contiguous(), index.contiguous(), num_points)
 
-    def ras_setup(ctx, inputs, output):
-        ctx.num_points = inputs[0].shape[1]
-        ctx.save_for_backward(output[1])
-        ctx.set_materialize_grads(False)
-
-    def ras_backward(ctx, grad_planes, grad_index):
-        (index,) = ctx.saved_tensors
-        grad_features = None
-        if ctx.needs_input_grad[1] and grad_planes is not None:
-            grad_features = torch.ops.oneshot.rasterize_points_backward_triton(grad_planes, index, ctx.num_points)
-        return (None, grad_features) + (None,) * 7
-
-    torch.library.register_autograd("oneshot::rasterize_points_triton", ras_backward, setup_context=ras_setup)
+    raster.register_autograd("rasterize_points_triton", "rasterize_points_backward_triton")
+    for op, positions in (("triplane_sample_triton", (1,)), ("ray_march_triton", (1, 2)),
+                          ("rasterize_points_triton", (0,))):
+        register_geometry_autocast(op, positions)
     _REGISTERED = True

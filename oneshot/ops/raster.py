@@ -121,6 +121,25 @@ def rasterize_points(
     return planes, index
 
 
+def register_autograd(op: str, backward_op: str) -> None:
+    """Autograd of ``oneshot::<op>`` through ``oneshot::<backward_op>`` (the native and the Triton pair): a
+    scatter-add of the planes' gradient through the index, to the features only."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.num_points = inputs[0].shape[1]
+        ctx.save_for_backward(output[1])
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_planes, grad_index):
+        (index,) = ctx.saved_tensors
+        grad_features = None
+        if ctx.needs_input_grad[1] and grad_planes is not None:
+            grad_features = getattr(torch.ops.oneshot, backward_op)(grad_planes, index, ctx.num_points)
+        return (None, grad_features) + (None,) * 7
+
+    torch.library.register_autograd(f"oneshot::{op}", backward, setup_context=setup_context)
+
+
 def _register() -> None:
     @torch.library.register_fake("oneshot::rasterize_points")
     def _fake(points, features, height, width, box_warp, axes, valid, max_distance, align_corners):
@@ -132,19 +151,7 @@ def _register() -> None:
         B, _, C = grad_planes.shape[:3]
         return grad_planes.new_empty((B, num_points, C))
 
-    def _setup_context(ctx, inputs, output):
-        ctx.num_points = inputs[0].shape[1]
-        ctx.save_for_backward(output[1])
-        ctx.set_materialize_grads(False)
-
-    def _backward(ctx, grad_planes, grad_index):
-        (index,) = ctx.saved_tensors
-        grad_features = None
-        if ctx.needs_input_grad[1] and grad_planes is not None:
-            grad_features = torch.ops.oneshot.rasterize_points_backward(grad_planes, index, ctx.num_points)
-        return (None, grad_features) + (None,) * 7
-
-    torch.library.register_autograd("oneshot::rasterize_points", _backward, setup_context=_setup_context)
+    register_autograd("rasterize_points", "rasterize_points_backward")
     register_geometry_autocast("rasterize_points", (0,))
 
 

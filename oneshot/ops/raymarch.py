@@ -83,6 +83,27 @@ def ray_march(
     return RayMarchResult(*op(colors, densities, depths, density_bias, white_background))
 
 
+def register_autograd(op: str, backward_op: str) -> None:
+    """Autograd of ``oneshot::<op>`` through ``oneshot::<backward_op>`` (the native and the Triton pair)."""
+
+    def setup_context(ctx, inputs, output):
+        colors, densities, depths, density_bias, white_background = inputs
+        ctx.save_for_backward(colors, densities, depths)
+        ctx.args = (density_bias, white_background)
+        ctx.set_materialize_grads(False)  # unused outputs arrive as None: no zero tensors to build and read
+
+    def backward(ctx, g_features, g_depth, g_opacity, g_weights):
+        if g_features is None and g_depth is None and g_opacity is None and g_weights is None:
+            return None, None, None, None, None
+        colors, densities, depths = ctx.saved_tensors
+        gc, gs = getattr(torch.ops.oneshot, backward_op)(
+            g_features, g_depth, g_opacity, g_weights, colors, densities, depths, *ctx.args
+        )
+        return gc, gs, None, None, None
+
+    torch.library.register_autograd(f"oneshot::{op}", backward, setup_context=setup_context)
+
+
 def _register() -> None:
     @torch.library.register_fake("oneshot::ray_march")
     def _fake(colors, densities, depths, density_bias, white_background):
@@ -94,22 +115,7 @@ def _register() -> None:
     def _fake_backward(gf, gd, go, gw, colors, densities, depths, density_bias, white_background):
         return colors.new_empty(colors.shape), densities.new_empty(densities.shape)
 
-    def _setup_context(ctx, inputs, output):
-        colors, densities, depths, density_bias, white_background = inputs
-        ctx.save_for_backward(colors, densities, depths)
-        ctx.args = (density_bias, white_background)
-        ctx.set_materialize_grads(False)  # unused outputs arrive as None: no zero tensors to build and read
-
-    def _backward(ctx, g_features, g_depth, g_opacity, g_weights):
-        if g_features is None and g_depth is None and g_opacity is None and g_weights is None:
-            return None, None, None, None, None
-        colors, densities, depths = ctx.saved_tensors
-        gc, gs = torch.ops.oneshot.ray_march_backward(
-            g_features, g_depth, g_opacity, g_weights, colors, densities, depths, *ctx.args
-        )
-        return gc, gs, None, None, None
-
-    torch.library.register_autograd("oneshot::ray_march", _backward, setup_context=_setup_context)
+    register_autograd("ray_march", "ray_march_backward")
     register_geometry_autocast("ray_march", (1, 2))
 
 

@@ -89,6 +89,26 @@ def channels_last(planes: Tensor) -> Tensor:
     return planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
+def register_autograd(op: str, backward_op: str) -> None:
+    """Autograd of ``oneshot::<op>`` through ``oneshot::<backward_op>`` (the native and the Triton pair)."""
+
+    def setup_context(ctx, inputs, output):
+        planes, points, box_warp, axes, reduce = inputs
+        ctx.save_for_backward(planes, points)
+        ctx.args = (box_warp, axes, reduce)
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None, None
+        planes, points = ctx.saved_tensors
+        need_planes, need_points = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gp, gx = getattr(torch.ops.oneshot, backward_op)(grad, planes, points, *ctx.args, need_planes, need_points)
+        return (gp if need_planes else None), (gx if need_points else None), None, None, None
+
+    torch.library.register_autograd(f"oneshot::{op}", backward, setup_context=setup_context)
+
+
 def _register() -> None:
     @torch.library.register_fake("oneshot::triplane_sample")
     def _fake(planes, points, box_warp, axes, reduce):
@@ -104,21 +124,7 @@ def _register() -> None:
         gx = points.new_empty(points.shape) if points_requires_grad else points.new_empty((0,))
         return gp, gx
 
-    def _setup_context(ctx, inputs, output):
-        planes, points, box_warp, axes, reduce = inputs
-        ctx.save_for_backward(planes, points)
-        ctx.args = (box_warp, axes, reduce)
-        ctx.set_materialize_grads(False)
-
-    def _backward(ctx, grad):
-        if grad is None:
-            return None, None, None, None, None
-        planes, points = ctx.saved_tensors
-        need_planes, need_points = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gp, gx = torch.ops.oneshot.triplane_sample_backward(grad, planes, points, *ctx.args, need_planes, need_points)
-        return (gp if need_planes else None), (gx if need_points else None), None, None, None
-
-    torch.library.register_autograd("oneshot::triplane_sample", _backward, setup_context=_setup_context)
+    register_autograd("triplane_sample", "triplane_sample_backward")
     register_geometry_autocast("triplane_sample", (1,))
 
 
