@@ -1,6 +1,6 @@
 """Run every kernel benchmark and write benchmarks/results/<device>.csv and .md (machine, versions, date).
 
-    python benchmarks/run.py [--quick] [--device cpu|cuda] [--ops triplane raymarch raster]
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--ops triplane raymarch raster mesh]
 
 Speed-ups are against the reference implementation measured in the same run (and against scipy's cKDTree for
 rasterize_points on CPU). Correctness is the tests' job (tests/); this only times.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import _harness as H  # noqa: E402
-from benchmarks import bench_raster, bench_raymarch, bench_triplane  # noqa: E402
+from benchmarks import bench_mesh, bench_raster, bench_raymarch, bench_triplane  # noqa: E402
 
-BENCHES = {"triplane": bench_triplane, "raymarch": bench_raymarch, "raster": bench_raster}
+BENCHES = {"triplane": bench_triplane, "raymarch": bench_raymarch, "raster": bench_raster, "mesh": bench_mesh}
 
 
 def main(argv=None):

@@ -8,6 +8,8 @@
 //                      -> features [..., C], depth [...], opacity [...], weights [..., S-1]
 //   rasterize_points:  points [B, N, 3], features [B, N, C], valid [B, N] bool
 //                      -> planes [B, 3, C, H, W], index [B, 3, H, W] int64 (-1 = empty)
+//   rasterize_mesh:    vertices [B, V, 3] (pixel x, y; view depth z), faces [F, 3] int
+//                      -> face_index [B, H, W] int64 (-1 = empty), bary [B, H, W, 3], depth [B, H, W] (inf = empty)
 #include <torch/library.h>
 
 #include "common/cpu_buffers.h"
@@ -34,6 +36,8 @@ TORCH_LIBRARY(oneshot, m) {
       "rasterize_points(Tensor points, Tensor features, int height, int width, float box_warp, int[] axes, "
       "Tensor? valid, float? max_distance, bool align_corners) -> (Tensor, Tensor)");
   m.def("rasterize_points_backward(Tensor grad_planes, Tensor index, int num_points) -> Tensor");
+
+  m.def("rasterize_mesh(Tensor vertices, Tensor faces, int height, int width) -> (Tensor, Tensor, Tensor)");
 
   // Frees the large CPU output buffers kept for reuse (common/cpu_buffers.h); returns the bytes freed.
   m.def("_empty_cpu_cache() -> int", []() -> int64_t { return oneshot::cpu::LargeBufferCache::get().clear(); });

@@ -1,4 +1,4 @@
-"""oneshot's kernels as PyTorch ops: ``triplane_sample``, ``ray_march``, ``rasterize_points``.
+"""oneshot's kernels as PyTorch ops: ``triplane_sample``, ``ray_march``, ``rasterize_points``, ``rasterize_mesh``.
 
 Every op has a pure-PyTorch reference (:mod:`oneshot.ops.reference`), native C++ (CPU) kernels registered
 as ``torch.ops.oneshot.<op>`` (with fake kernels and autograd, so ``torch.compile`` and ``opcheck`` work),
@@ -12,6 +12,7 @@ import torch
 from .. import _extension
 from . import _triton, reference
 from ._common import BACKENDS, PLANE_AXES_EG3D, PLANE_AXES_GOHA
+from .mesh import rasterize_mesh
 from .raster import rasterize_points
 from .raymarch import RayMarchResult, ray_march
 from .triplane import triplane_sample
@@ -21,6 +22,7 @@ __all__ = [
     "ray_march",
     "RayMarchResult",
     "rasterize_points",
+    "rasterize_mesh",
     "PLANE_AXES_GOHA",
     "PLANE_AXES_EG3D",
     "BACKENDS",

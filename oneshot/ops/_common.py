@@ -132,13 +132,41 @@ def axes_pairs(flat: Sequence[int]) -> tuple[tuple[int, int], ...]:
     return tuple((flat[2 * p], flat[2 * p + 1]) for p in range(3))
 
 
+NATIVE_OPS = ("triplane_sample", "triplane_sample_backward", "ray_march", "ray_march_backward", "rasterize_points",
+              "rasterize_points_backward", "rasterize_mesh")
+
+
+def _registered(op: str, key: str) -> bool:
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"oneshot::{op}", key))
+    except RuntimeError:  # no such op
+        return False
+
+
+# Facts about the loaded build, taken once at import: a plain frozenset, so torch.compile reads it as a
+# constant (it cannot trace the dispatcher query itself).
+_KERNELS = frozenset(
+    (op, key) for op in NATIVE_OPS for key in ("CPU", "CUDA") if _extension.status().loaded and _registered(op, key)
+)
+
+
+def kernel_registered(op: str, key: str) -> bool:
+    """Whether ``oneshot::<op>`` has a kernel for dispatch key `key` ("CPU", "CUDA") in the loaded extension."""
+    return (op, key) in _KERNELS
+
+
+def op_exists(op: str) -> bool:
+    """Whether the loaded extension defines ``oneshot::<op>`` (an older build of the same torch may not)."""
+    return kernel_registered(op, "CPU")
+
+
 def _has_native_kernel(op: str, device: torch.device) -> bool:
     if not _extension.status().loaded:
         return False
     if device.type in ("cpu", "meta"):
-        return True
+        return op_exists(op)
     key = {"cuda": "CUDA"}.get(device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"oneshot::{op}", key)
+    return key is not None and kernel_registered(op, key)
 
 
 def resolve_backend(backend, op: str, device: torch.device, dtype: torch.dtype, geom_dtype: torch.dtype | None = None) -> str:

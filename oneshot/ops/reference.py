@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["triplane_sample", "ray_march", "rasterize_points", "cell_centres", "RASTER_CHUNK_ELEMENTS"]
+__all__ = ["triplane_sample", "ray_march", "rasterize_points", "rasterize_mesh", "cell_centres",
+           "RASTER_CHUNK_ELEMENTS"]
 
 #: Largest [cells, points] distance block built at once by :func:`rasterize_points` (64 Mi elements).
 RASTER_CHUNK_ELEMENTS = 1 << 26
@@ -145,3 +146,101 @@ def rasterize_points(
     planes = torch.gather(padded, 1, flat.expand(B, 3 * H * W, C))  # [B, 3HW, C]
     planes = planes.reshape(B, 3, H, W, C).permute(0, 1, 4, 2, 3).contiguous()
     return planes, index
+
+
+def _edge(ax, ay, bx, by, px, py):
+    """(b - a) x (p - a), each operation rounded (csrc/mesh/mesh.h)."""
+    return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
+
+
+def _inside_edge(e, ax, ay, bx, by):
+    dy, dx = by - ay, bx - ax
+    return (e > 0) | ((e == 0) & ((dy < 0) | ((dy == 0) & (dx > 0))))  # the top-left rule
+
+
+#: Largest number of (face, candidate pixel) pairs :func:`rasterize_mesh` tests at once.
+MESH_CHUNK_PAIRS = 1 << 22
+
+
+def rasterize_mesh(
+    vertices: Tensor,  # [B, V, 3]: pixel x, y (y down, pixel (i, j) centred at (j + 0.5, i + 0.5)), view depth z
+    faces: Tensor,  # [F, 3] int
+    resolution: tuple[int, int],
+) -> tuple[Tensor, Tensor, Tensor]:  # face_index [B, H, W] int64, bary [B, H, W, 3], depth [B, H, W]
+    """The contract of csrc/mesh/mesh.h in vectorised PyTorch (double, the same rounding): every face's
+    candidate pixel centres (its bounding box) are expanded into (face, pixel) pairs, in chunks, tested with the
+    edge functions, and resolved per pixel to the smallest depth, ties to the lowest face index."""
+    H, W = resolution
+    B = vertices.shape[0]
+    dev, out_dtype = vertices.device, vertices.dtype
+    index = torch.full((B, H, W), -1, dtype=torch.long, device=dev)
+    bary = torch.zeros((B, H, W, 3), dtype=out_dtype, device=dev)
+    depth = torch.full((B, H, W), float("inf"), dtype=out_dtype, device=dev)
+    F = faces.shape[0]
+    if B == 0 or F == 0:
+        return index, bary, depth
+    fl = faces.long()
+    for b in range(B):
+        tri = vertices[b].double()[fl]  # [F, 3 vertices, 3 coords]
+        x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
+        ok = torch.isfinite(tri).all(dim=(1, 2)) & (z > 0).all(dim=1)
+        area = _edge(x[:, 0], y[:, 0], x[:, 1], y[:, 1], x[:, 2], y[:, 2])
+        ok &= area != 0
+        neg = area < 0  # normalise the winding: swap slots 1 and 2
+        slot = torch.where(neg[:, None], torch.tensor([0, 2, 1], device=dev), torch.tensor([0, 1, 2], device=dev))
+        x, y, z = x.gather(1, slot), y.gather(1, slot), z.gather(1, slot)
+        area = torch.where(neg, -area, area)
+        iz = torch.where(ok[:, None], 1.0 / z, torch.zeros_like(z))
+        lo = lambda v, n: torch.ceil(v.amin(1) - 0.5).clamp(-1, n).long().clamp(min=0)  # noqa: E731
+        hi = lambda v, n: torch.floor(v.amax(1) - 0.5).clamp(-1, n).long().clamp(max=n - 1)  # noqa: E731
+        j0, j1 = lo(torch.nan_to_num(x), W), hi(torch.nan_to_num(x), W)
+        i0, i1 = lo(torch.nan_to_num(y), H), hi(torch.nan_to_num(y), H)
+        nx, ny = (j1 - j0 + 1).clamp(min=0), (i1 - i0 + 1).clamp(min=0)
+        count = torch.where(ok, nx * ny, torch.zeros_like(nx))
+        best_d = torch.full((H * W,), float("inf"), dtype=torch.float64, device=dev)
+        best_f = torch.full((H * W,), -1, dtype=torch.long, device=dev)
+        best_b = torch.zeros((H * W, 3), dtype=torch.float64, device=dev)
+        ends = torch.cumsum(count, 0)
+        f_start = 0
+        while f_start < F:  # chunks of whole faces, in index order
+            base = int(ends[f_start - 1]) if f_start > 0 else 0
+            f_end = int(torch.searchsorted(ends, base + MESH_CHUNK_PAIRS, right=True))
+            f_end = max(f_end, f_start + 1)
+            fid = torch.repeat_interleave(torch.arange(f_start, f_end, device=dev), count[f_start:f_end])
+            if fid.numel():
+                k = torch.arange(fid.numel(), device=dev) - (torch.cumsum(count[f_start:f_end], 0) - count[f_start:f_end])[fid - f_start]
+                i = i0[fid] + torch.div(k, nx[fid], rounding_mode="floor")
+                j = j0[fid] + k % nx[fid]
+                px, py = j.double() + 0.5, i.double() + 0.5
+                X, Y = x[fid], y[fid]
+                e0 = _edge(X[:, 1], Y[:, 1], X[:, 2], Y[:, 2], px, py)
+                e1 = _edge(X[:, 2], Y[:, 2], X[:, 0], Y[:, 0], px, py)
+                e2 = _edge(X[:, 0], Y[:, 0], X[:, 1], Y[:, 1], px, py)
+                inside = (_inside_edge(e0, X[:, 1], Y[:, 1], X[:, 2], Y[:, 2])
+                          & _inside_edge(e1, X[:, 2], Y[:, 2], X[:, 0], Y[:, 0])
+                          & _inside_edge(e2, X[:, 0], Y[:, 0], X[:, 1], Y[:, 1]))
+                fid, pix = fid[inside], (i * W + j)[inside]
+                a = area[fid]
+                bs = torch.stack([e0[inside] / a, e1[inside] / a, e2[inside] / a], dim=1)
+                I = iz[fid]
+                d = 1.0 / ((bs[:, 0] * I[:, 0] + bs[:, 1] * I[:, 1]) + bs[:, 2] * I[:, 2])
+                # Per pixel: the smallest depth of this chunk, then the lowest face attaining it.
+                dmin = torch.full((H * W,), float("inf"), dtype=torch.float64, device=dev)
+                dmin.scatter_reduce_(0, pix, d, reduce="amin")
+                at_min = d == dmin[pix]
+                fmin = torch.full((H * W,), F, dtype=torch.long, device=dev)
+                fmin.scatter_reduce_(0, pix[at_min], fid[at_min], reduce="amin")
+                win = at_min & (fid == fmin[pix])
+                wp = pix[win]
+                better = dmin[wp] < best_d[wp]  # strict: an earlier chunk (lower faces) keeps equal depths
+                wp, wb, wf = wp[better], bs[win][better], fid[win][better]
+                best_d[wp] = dmin[wp]
+                best_f[wp] = wf
+                # back to the faces' own vertex order
+                best_b[wp] = torch.zeros_like(wb).scatter_(1, slot[wf], wb)
+            f_start = f_end
+        hit = best_f >= 0
+        index[b] = best_f.reshape(H, W)
+        bary[b] = torch.where(hit[:, None], best_b, torch.zeros_like(best_b)).reshape(H, W, 3).to(out_dtype)
+        depth[b] = best_d.reshape(H, W).to(out_dtype)
+    return index, bary, depth
