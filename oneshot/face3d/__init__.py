@@ -1,0 +1,21 @@
+"""Morphable face models (3DMMs) and their coefficients.
+
+* :class:`MorphableModel`: mean shape, identity and expression bases (optional albedo), triangles, the 68
+  iBUG landmark vertices and region labels, all in the avatar's world frame (metres-like units in which the
+  head spans about 0.4 and sits near the origin, inside the +-0.5 tri-plane box).
+* Loaders: :func:`from_bfm` (Deep3DFaceRecon's ``BFM_model_front.mat``), :func:`from_ict_facekit` (the npz
+  layout of ICT-FaceKit used here).
+* :class:`Coeffs`: the per-image coefficients of one model (identity, expression, albedo, lighting, pose), tied
+  to that model by its fingerprint; Deep3DFaceRecon's 257-vector converts to and from it.
+
+World frame: EG3D's preprocessing places Deep3DFaceRecon's camera (distance 10, BFM decimetres) at radius 2.7,
+so world = 0.27 x (recentred BFM coordinates in decimetres), axes kept (x right, y up, z out of the face).
+Other models are recentred the same way and scaled to the same units (ICT-FaceKit's centimetres: 0.027).
+"""
+
+from .coeffs import Coeffs
+from .loaders import BFM_WORLD_SCALE, ICT_WORLD_SCALE, from_bfm, from_ict_facekit
+from .model import REGIONS, MorphableModel
+
+__all__ = ["MorphableModel", "Coeffs", "from_bfm", "from_ict_facekit", "REGIONS", "BFM_WORLD_SCALE",
+           "ICT_WORLD_SCALE"]
