@@ -159,3 +159,104 @@ def test_ict_facekit_loader_and_frontal_render():
     jaw[0, m.exp_names.index("jawOpen")] = 1.0
     chin_open = cameras.project(m.vertices(expression=jaw)[:, m.landmarks[8:9]], c2w, K, 256)[0][0, 0, 1]
     assert float(chin_open) > float(lm[8, 1]) + 3
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The built-in model
+
+
+def _frontal_landmarks(m, verts, res=256):
+    c2w, K = cameras.look_at(0.0, 0.0), cameras.intrinsics()
+    return cameras.project(verts[:, m.landmarks], c2w, K, res)[0][0]
+
+
+def test_builtin_model_layout():
+    from oneshot.face3d import EXPRESSIONS, builtin_model, load_model
+
+    m = load_model()
+    assert m.name == "builtin" and m.fingerprint == builtin_model().fingerprint  # deterministic
+    assert 3000 <= m.num_vertices <= 10000
+    assert (m.num_identity, m.num_expression, m.num_albedo) == (12, 8, 4)
+    assert tuple(m.exp_names) == EXPRESSIONS
+    assert float(m.mean.abs().max()) < 0.5  # inside the tri-plane box
+    assert float(m.mean[m.region("face")].mean(0).abs().max()) < 0.03  # face centroid near the origin
+    alb = m.albedo(torch.randn(3, 4) * 0.5)
+    assert alb.shape == (3, m.num_vertices, 3) and float(alb.min()) >= 0 and float(alb.max()) <= 1
+    for region in ("eyes", "mouth", "brows"):
+        assert int(m.region(region).sum()) >= 20, region
+    # Every triangle faces outwards (closed head, consistent winding): positive signed volume.
+    v = m.mean.double()
+    f = m.faces
+    vol = (v[f[:, 0]] * torch.cross(v[f[:, 1]], v[f[:, 2]], dim=-1)).sum() / 6
+    assert float(vol) > 0
+
+
+def test_builtin_model_frontal_render_landmarks_and_regions():
+    from oneshot.face3d import builtin_model
+
+    m = builtin_model()
+    c2w, K = cameras.look_at(0.0, 0.0), cameras.intrinsics()
+    uv, z = cameras.project(m.mean[None], c2w, K, 256)
+    face, _, _ = ops.rasterize_mesh(torch.cat([uv, z[..., None]], -1), m.faces, 256)
+    lm = uv[0, m.landmarks]
+    px = lm.floor().long()
+    assert bool((face[0, px[:, 1], px[:, 0]] >= 0).all())  # no holes: every landmark on the mesh
+    # The landmark vertex is the visible surface there (not hidden behind another part of the head).
+    visible_face = face[0, px[:, 1], px[:, 0]]
+    assert bool((m.faces[visible_face] == m.landmarks[:, None]).any(-1).float().mean() > 0.9)
+    assert abs(float(lm[30, 0]) - 128) < 3
+    assert float(lm[36, 0]) < 128 < float(lm[45, 0])
+    assert float(lm[19, 1]) < float(lm[37, 1]) < float(lm[30, 1]) < float(lm[51, 1]) < float(lm[8, 1])
+    for group, region in ((range(36, 48), "eyes"), (range(48, 68), "mouth"), (range(17, 27), "brows")):
+        hit = m.region(region)[m.faces[face[0, px[list(group), 1], px[list(group), 0]]]].any(-1)
+        assert float(hit.float().mean()) >= 0.8, region
+
+
+@pytest.mark.parametrize("name, landmarks, axis, sign", [
+    ("jawOpen", [8, 57], 1, +1),  # chin and lower lip move down the image
+    ("eyeBlink_R", [37, 38], 1, +1),  # the subject's right upper lid (image left) closes
+    ("eyeBlink_L", [43, 44], 1, +1),
+    ("browUp_R", [19], 1, -1),
+    ("browUp_L", [24], 1, -1),
+    ("mouthSmile_R", [48], 1, -1),  # mouth corner up
+    ("mouthSmile_L", [54], 1, -1),
+])
+def test_builtin_expressions_move_their_landmarks(name, landmarks, axis, sign):
+    from oneshot.face3d import builtin_model
+
+    m = builtin_model()
+    e = torch.zeros(1, m.num_expression)
+    e[0, m.exp_names.index(name)] = 1.0
+    before = _frontal_landmarks(m, m.mean[None])
+    after = _frontal_landmarks(m, m.vertices(expression=e))
+    moved = (after - before)[landmarks, axis] * sign
+    assert float(moved.min()) > 1.0, (name, moved)  # pixels at 256^2
+    # Localised: the far side of the face does not move.
+    untouched = {"eyeBlink_R": [44], "eyeBlink_L": [37], "browUp_R": [24], "browUp_L": [19]}.get(name, [])
+    for k in untouched:
+        assert float((after - before)[k].abs().max()) < 0.2
+
+
+def test_load_model_by_suffix(tmp_path):
+    from oneshot.face3d import load_model
+
+    write_bfm(tmp_path / "m.mat")
+    assert load_model(tmp_path / "m.mat").name == "bfm"
+    with pytest.raises(ValueError, match=r"must be a BFM \.mat or an ICT-FaceKit \.npz"):
+        load_model(tmp_path / "m.obj")
+
+
+def test_write_png_round_trip(tmp_path):
+    import zlib
+
+    from oneshot.imageio import write_png
+
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    write_png(tmp_path / "a.png", img)
+    data = (tmp_path / "a.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
+    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(5, 1 + 7 * 3)
+    assert (raw[:, 0] == 0).all() and np.array_equal(raw[:, 1:].reshape(5, 7, 3), img)
+    with pytest.raises(ValueError, match=r"image must be \[H, W\], \[H, W, 3\] or \[H, W, 4\]"):
+        write_png(tmp_path / "b.png", np.zeros((2, 2, 2), dtype=np.uint8))

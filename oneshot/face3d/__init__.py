@@ -3,6 +3,8 @@
 * :class:`MorphableModel`: mean shape, identity and expression bases (optional albedo), triangles, the 68
   iBUG landmark vertices and region labels, all in the avatar's world frame (metres-like units in which the
   head spans about 0.4 and sits near the origin, inside the +-0.5 tri-plane box).
+* :func:`builtin_model`: a small head written in code (the default of :func:`load_model`), so that tests, the
+  demo and synthetic training data work offline.
 * Loaders: :func:`from_bfm` (Deep3DFaceRecon's ``BFM_model_front.mat``), :func:`from_ict_facekit` (the npz
   layout of ICT-FaceKit used here).
 * :class:`Coeffs`: the per-image coefficients of one model (identity, expression, albedo, lighting, pose), tied
@@ -13,9 +15,28 @@ so world = 0.27 x (recentred BFM coordinates in decimetres), axes kept (x right,
 Other models are recentred the same way and scaled to the same units (ICT-FaceKit's centimetres: 0.027).
 """
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .builtin import EXPRESSIONS, builtin_model
 from .coeffs import Coeffs
 from .loaders import BFM_WORLD_SCALE, ICT_WORLD_SCALE, from_bfm, from_ict_facekit
 from .model import REGIONS, MorphableModel
 
-__all__ = ["MorphableModel", "Coeffs", "from_bfm", "from_ict_facekit", "REGIONS", "BFM_WORLD_SCALE",
-           "ICT_WORLD_SCALE"]
+__all__ = ["MorphableModel", "Coeffs", "load_model", "builtin_model", "from_bfm", "from_ict_facekit", "REGIONS",
+           "EXPRESSIONS", "BFM_WORLD_SCALE", "ICT_WORLD_SCALE"]
+
+
+def load_model(path: str | os.PathLike | None = None) -> MorphableModel:
+    """The morphable model at `path` (a BFM ``.mat`` or an ICT-FaceKit ``.npz``), or the built-in one."""
+    if path is None:
+        return builtin_model()
+    suffix = Path(path).suffix.lower()
+    if suffix == ".mat":
+        return from_bfm(path)
+    if suffix == ".npz":
+        return from_ict_facekit(path)
+    raise ValueError(f"model path must be a BFM .mat or an ICT-FaceKit .npz file (or None for the built-in "
+                     f"model), got {path!r}")
