@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kThreads) ray_march_backward_kernel(
     const V* __restrict__ col, const G* __restrict__ s, const G* __restrict__ t, int64_t R, int S, int C, G bias,
     bool white, const V* __restrict__ gf, const G* __restrict__ gd, const G* __restrict__ go,
     const G* __restrict__ gw, G* __restrict__ global_scratch, V* __restrict__ gc, G* __restrict__ gs) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int lane = threadIdx.x % kWarp;
   const int warp_in_block = threadIdx.x / kWarp;
   const int64_t warp_id = int64_t(blockIdx.x) * kWarpsPerBlock + warp_in_block;
