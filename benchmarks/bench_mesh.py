@@ -17,7 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import _harness as H  # noqa: E402
-from oneshot import ops  # noqa: E402
+from oneshot import cameras, ops  # noqa: E402
+from oneshot.face3d import MorphableModel, render  # noqa: E402
 
 OP = "rasterize_mesh"
 
@@ -54,6 +55,24 @@ def run(device: torch.device, quick: bool, results: list) -> None:
             budget = {"min_repeats": 1, "max_repeats": 3} if provider == "reference" else {}
             H.run_case(results, OP, label, "fwd", provider,
                        lambda: ops.rasterize_mesh(verts, faces, res, backend=provider), device, **budget)
+        # The full render on top (normals, SH lighting, perspective-correct interpolation, masks), in the world
+        # frame of a model made of the same mesh, seen by the frontal camera.
+        model, world = _as_model(verts, faces, res)
+        cam = cameras.frontal_label()
+        H.run_case(results, "face3d.render", label.replace("->", "full render ->"), "fwd", "native",
+                   lambda: render(model, world, cam, res), device)
+
+
+def _as_model(verts, faces, res):
+    """The benchmark mesh as a MorphableModel in world units (unprojected through the frontal camera)."""
+    c2w, K = cameras.split_label(cameras.frontal_label())
+    z = verts[0, :, 2:] / 10.0 * 2.5  # depths around the frontal camera's 2.5 to the face
+    xy = (verts[0, :, :2] / res - 0.5) / K[0, 0, 0] * z
+    cam_pts = torch.cat([xy, z], -1)
+    world = cam_pts @ c2w[0, :3, :3].T + c2w[0, :3, 3]
+    lm = torch.zeros(68, dtype=torch.long)
+    model = MorphableModel("bench", world, torch.zeros(1, *world.shape), torch.zeros(1, *world.shape), faces, lm)
+    return model, world[None]
 
 
 def main(argv=None):

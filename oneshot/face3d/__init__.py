@@ -7,6 +7,8 @@
   demo and synthetic training data work offline.
 * Loaders: :func:`from_bfm` (Deep3DFaceRecon's ``BFM_model_front.mat``), :func:`from_ict_facekit` (the npz
   layout of ICT-FaceKit used here).
+* :func:`render` (SH-lit Lambertian, masks, regions), :func:`frontal_render` (source identity, target
+  expression, frontal camera: the expression branch's input) and :func:`neutral_render`.
 * :class:`Coeffs`: the per-image coefficients of one model (identity, expression, albedo, lighting, pose), tied
   to that model by its fingerprint; Deep3DFaceRecon's 257-vector converts to and from it.
 
@@ -24,8 +26,9 @@ from .builtin import EXPRESSIONS, builtin_model
 from .coeffs import Coeffs
 from .loaders import BFM_WORLD_SCALE, ICT_WORLD_SCALE, from_bfm, from_ict_facekit
 from .model import REGIONS, MorphableModel
+from .renderer import RenderResult, frontal_render, neutral_render, render
 
-__all__ = ["MorphableModel", "Coeffs", "load_model", "builtin_model", "from_bfm", "from_ict_facekit", "REGIONS",
+__all__ = ["MorphableModel", "Coeffs", "load_model", "render", "frontal_render", "neutral_render", "RenderResult", "builtin_model", "from_bfm", "from_ict_facekit", "REGIONS",
            "EXPRESSIONS", "BFM_WORLD_SCALE", "ICT_WORLD_SCALE"]
 
 
