@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
@@ -103,7 +103,7 @@ class BuildExt(BuildExtension):
 EXTENSIONS, WITH_CUDA = _extensions()
 
 setup(
-    packages=["oneshot", "oneshot.ops", "oneshot.kernels"],
+    packages=find_packages(include=["oneshot", "oneshot.*"]) + ["oneshot.kernels"],
     package_dir={"oneshot": "oneshot", "oneshot.kernels": "kernels"},
     ext_modules=EXTENSIONS,
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
