@@ -26,9 +26,10 @@ from .builtin import EXPRESSIONS, builtin_model
 from .coeffs import Coeffs
 from .loaders import BFM_WORLD_SCALE, ICT_WORLD_SCALE, from_bfm, from_ict_facekit
 from .model import REGIONS, MorphableModel
+from .recon import ReconNet, load_recon_checkpoint
 from .renderer import RenderResult, frontal_render, neutral_render, render
 
-__all__ = ["MorphableModel", "Coeffs", "load_model", "render", "frontal_render", "neutral_render", "RenderResult", "builtin_model", "from_bfm", "from_ict_facekit", "REGIONS",
+__all__ = ["MorphableModel", "Coeffs", "load_model", "ReconNet", "load_recon_checkpoint", "render", "frontal_render", "neutral_render", "RenderResult", "builtin_model", "from_bfm", "from_ict_facekit", "REGIONS",
            "EXPRESSIONS", "BFM_WORLD_SCALE", "ICT_WORLD_SCALE"]
 
 
