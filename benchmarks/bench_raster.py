@@ -71,6 +71,10 @@ def gather(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(features, 1, flat).reshape(B, 3, Hh, W, -1).permute(0, 1, 4, 2, 3).contiguous()
 
 
+# provider -> (index function, the device type it runs on)
+BASELINES = {"ckdtree": (ckdtree_index, "cpu"), "cdist": (cdist_index, "cuda")}
+
+
 def run(device: torch.device, quick: bool, results: list) -> None:
     # Triton only on a GPU: interpreter runs (TRITON_INTERPRET=1) are for tests and never timed.
     triton = ("triton",) if device.type == "cuda" and ops.backend_info()["triton"] else ()
@@ -81,19 +85,13 @@ def run(device: torch.device, quick: bool, results: list) -> None:
         feats = torch.randn(1, points.shape[1], C, generator=g).to(device).requires_grad_()
         cot = torch.randn(1, 3, C, res, res, generator=g).to(device)
         for provider in provs:
-            if provider == "ckdtree":
-                if device.type != "cpu":
+            if provider in BASELINES:  # index search by another library, then the same gather
+                index_fn, where = BASELINES[provider]
+                if device.type != where:
                     continue
-                H.run_case(results, OP, label, "index", provider, lambda: ckdtree_index(points, res), device)
-                H.run_case(results, OP, label, "fwd", provider,
-                           lambda: gather(feats.detach(), ckdtree_index(points, res)), device)
-                continue
-            if provider == "cdist":
-                if device.type != "cuda":
-                    continue
-                H.run_case(results, OP, label, "index", provider, lambda: cdist_index(points, res), device)
-                H.run_case(results, OP, label, "fwd", provider,
-                           lambda: gather(feats.detach(), cdist_index(points, res)), device)
+                H.run_case(results, OP, label, "index", provider, lambda: index_fn(points, res), device)
+                H.run_case(results, OP, label, "fwd", provider, lambda: gather(feats.detach(), index_fn(points, res)),
+                           device)
                 continue
             empty = feats.detach()[..., :0]
 

@@ -77,14 +77,18 @@ def _nearest_kernel(points_ptr, valid_ptr, index_ptr, N, H, W, scale, max_d2, a0
 
 
 @triton.jit
+def _cells(index_ptr, HW, BLOCK_CELLS: tl.constexpr):
+    """This program's cells of plane bp = (batch b, plane) and their point index (-1: empty)."""
+    bp = tl.program_id(1).to(tl.int64)
+    cell = tl.program_id(0) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
+    cmask = cell < HW
+    return bp, bp // 3, cell, cmask, tl.load(index_ptr + bp * HW + cell, mask=cmask, other=-1)
+
+
+@triton.jit
 def _gather_kernel(features_ptr, index_ptr, planes_ptr, N, C, HW, BLOCK_CELLS: tl.constexpr,
                    BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    bp = tl.program_id(1).to(tl.int64)
-    b = bp // 3
-    cell = pid * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
-    cmask = cell < HW
-    idx = tl.load(index_ptr + bp * HW + cell, mask=cmask, other=-1)
+    bp, b, cell, cmask, idx = _cells(index_ptr, HW, BLOCK_CELLS)
     has = idx >= 0
     ch = tl.arange(0, BLOCK_C)
     for c0 in range(0, C, BLOCK_C):
@@ -97,12 +101,7 @@ def _gather_kernel(features_ptr, index_ptr, planes_ptr, N, C, HW, BLOCK_CELLS: t
 
 @triton.jit
 def _scatter_kernel(grad_ptr, index_ptr, gfeat_ptr, N, C, HW, BLOCK_CELLS: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    bp = tl.program_id(1).to(tl.int64)
-    b = bp // 3
-    cell = pid * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
-    cmask = cell < HW
-    idx = tl.load(index_ptr + bp * HW + cell, mask=cmask, other=-1)
+    bp, b, cell, cmask, idx = _cells(index_ptr, HW, BLOCK_CELLS)
     has = cmask & (idx >= 0) & (idx < N)
     ch = tl.arange(0, BLOCK_C)
     for c0 in range(0, C, BLOCK_C):

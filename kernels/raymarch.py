@@ -55,14 +55,18 @@ def _load_interval(s_ptr, t_ptr, row_s, k, rmask, bias):
 
 
 @triton.jit
+def _rays(R, S, BLOCK_R: tl.constexpr):
+    """This program's rays, their mask, int64 ids and the offset of their first sample."""
+    rays = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rays64 = rays.to(tl.int64)
+    return rays, rays < R, rays64, rays64 * S
+
+
+@triton.jit
 def _forward_kernel(col_ptr, s_ptr, t_ptr, feat_ptr, depth_ptr, opacity_ptr, weights_ptr, R, S, C, bias,
                     WHITE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = rays < R
-    rays64 = rays.to(tl.int64)
+    rays, rmask, rays64, row_s = _rays(R, S, BLOCK_R)
     ch = tl.arange(0, BLOCK_C)
-    row_s = rays64 * S
     for cb in range(0, tl.cdiv(tl.maximum(C, 1), BLOCK_C)):
         c = cb * BLOCK_C + ch
         cmask = c < C
@@ -109,12 +113,8 @@ def _forward_kernel(col_ptr, s_ptr, t_ptr, feat_ptr, depth_ptr, opacity_ptr, wei
 def _backward_kernel(col_ptr, s_ptr, t_ptr, gf_ptr, gd_ptr, go_ptr, gw_ptr, trans_ptr, dots_ptr, gc_ptr, gs_ptr,
                      R, S, C, bias, WHITE: tl.constexpr, HAS_GF: tl.constexpr, HAS_GD: tl.constexpr,
                      HAS_GO: tl.constexpr, HAS_GW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = rays < R
-    rays64 = rays.to(tl.int64)
+    rays, rmask, rays64, row_s = _rays(R, S, BLOCK_R)
     ch = tl.arange(0, BLOCK_C)
-    row_s = rays64 * S
     K = S - 1
     n_cb = tl.cdiv(tl.maximum(C, 1), BLOCK_C)
 

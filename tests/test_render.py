@@ -106,3 +106,5 @@ def test_frontal_and_neutral_renders():
     other = Coeffs(src.identity, src.expression, src.albedo, src.lighting, src.rotation, src.translation, "x:1")
     with pytest.raises(ValueError, match=r"coefficients of model x:1 cannot drive model builtin:"):
         frontal_render(m, other, tgt)
+    with pytest.raises(ValueError, match=r"vertices must be \[B, V, 3\] with V = 7778 \(the model's\), got \[1, 5, 3\]"):
+        render(m, torch.zeros(1, 5, 3), cam, 32)

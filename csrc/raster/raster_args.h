@@ -48,5 +48,29 @@ inline at::Tensor check_inputs(const at::Tensor& points, const at::Tensor& featu
   return valid_c;
 }
 
+// The backward's grad_planes [B, 3, C, H, W] (dtype by the backend's rule: `cuda` adds 16-bit), index
+// [B, 3, H, W] int64 on the same device, num_points >= 0.
+inline void check_backward_inputs(const at::Tensor& grad_planes, const at::Tensor& index, int64_t num_points,
+                                  bool cuda) {
+  check_dim(grad_planes, 5, "grad_planes", "[B, 3, C, H, W]");
+  TORCH_CHECK_VALUE(grad_planes.size(1) == 3, "grad_planes must be [B, 3, C, H, W], got ", shape_str(grad_planes));
+  check_dim(index, 4, "index", "[B, 3, H, W]");
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "index must be int64, got ", index.scalar_type());
+  TORCH_CHECK_VALUE(index.size(0) == grad_planes.size(0) && index.size(1) == 3 &&
+                        index.size(2) == grad_planes.size(3) && index.size(3) == grad_planes.size(4),
+                    "index must be [B, 3, H, W] matching grad_planes ", shape_str(grad_planes), ", got ",
+                    shape_str(index));
+  if (cuda) {
+    const auto dt = grad_planes.scalar_type();
+    TORCH_CHECK_TYPE(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat || dt == at::kDouble,
+                     "grad_planes must be float16, bfloat16, float32 or float64 for the native CUDA kernels, got ",
+                     dt);
+  } else {
+    check_float(grad_planes, "grad_planes");
+  }
+  check_same_device(grad_planes, index, "grad_planes", "index");
+  TORCH_CHECK_VALUE(num_points >= 0, "num_points must be >= 0, got ", num_points);
+}
+
 }  // namespace raster
 }  // namespace oneshot

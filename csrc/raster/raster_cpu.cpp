@@ -417,14 +417,8 @@ std::tuple<at::Tensor, at::Tensor> rasterize_points_cpu(const at::Tensor& points
 }
 
 at::Tensor rasterize_points_backward_cpu(const at::Tensor& grad_planes, const at::Tensor& index, int64_t num_points) {
-  check_dim(grad_planes, 5, "grad_planes", "[B, 3, C, H, W]");
-  check_dim(index, 4, "index", "[B, 3, H, W]");
-  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "index must be int64, got ", index.scalar_type());
+  raster::check_backward_inputs(grad_planes, index, num_points, /*cuda=*/false);
   const int64_t B = grad_planes.size(0), C = grad_planes.size(2), H = grad_planes.size(3), W = grad_planes.size(4);
-  TORCH_CHECK_VALUE(index.size(0) == B && index.size(1) == 3 && index.size(2) == H && index.size(3) == W,
-                    "index must be [B, 3, H, W] matching grad_planes ", shape_str(grad_planes), ", got ",
-                    shape_str(index));
-  check_float(grad_planes, "grad_planes");
   at::Tensor grad_t = at::zeros({B, C, num_points}, grad_planes.options());
   if (grad_t.numel() > 0) {
     const at::Tensor gp = grad_planes.contiguous(), idx = index.contiguous();

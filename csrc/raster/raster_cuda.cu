@@ -377,21 +377,11 @@ std::tuple<at::Tensor, at::Tensor> rasterize_points_cuda(const at::Tensor& point
 }
 
 at::Tensor rasterize_points_backward_cuda(const at::Tensor& grad_planes, const at::Tensor& index, int64_t num_points) {
-  check_dim(grad_planes, 5, "grad_planes", "[B, 3, C, H, W]");
-  check_dim(index, 4, "index", "[B, 3, H, W]");
-  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "index must be int64, got ", index.scalar_type());
-  const int64_t B = grad_planes.size(0), C = grad_planes.size(2), H = grad_planes.size(3), W = grad_planes.size(4);
-  TORCH_CHECK_VALUE(grad_planes.size(1) == 3, "grad_planes must be [B, 3, C, H, W], got ", shape_str(grad_planes));
-  TORCH_CHECK_VALUE(index.size(0) == B && index.size(1) == 3 && index.size(2) == H && index.size(3) == W,
-                    "index must be [B, 3, H, W] matching grad_planes ", shape_str(grad_planes), ", got ",
-                    shape_str(index));
-  const auto dt = grad_planes.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat || dt == at::kDouble,
-                   "grad_planes must be float16, bfloat16, float32 or float64 for the native CUDA kernels, got ", dt);
-  check_same_device(grad_planes, index, "grad_planes", "index");
+  raster::check_backward_inputs(grad_planes, index, num_points, /*cuda=*/true);
   TORCH_CHECK_VALUE(grad_planes.is_cuda(), "grad_planes must be a CUDA tensor for the native CUDA kernels, got ",
                     grad_planes.device());
-  TORCH_CHECK_VALUE(num_points >= 0, "num_points must be >= 0, got ", num_points);
+  const int64_t B = grad_planes.size(0), C = grad_planes.size(2), H = grad_planes.size(3), W = grad_planes.size(4);
+  const auto dt = grad_planes.scalar_type();
   // Float atomics: the order of the additions, hence the rounding, varies run to run.
   at::globalContext().alertNotDeterministic("rasterize_points_backward (CUDA)");
 

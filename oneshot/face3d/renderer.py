@@ -84,6 +84,9 @@ def render(model: MorphableModel, vertices: Tensor, camera: Tensor, resolution, 
     albedo: [B, V, 3] (default: the model's mean albedo, or a constant skin tone); gamma: [B, 27] lighting
     (default 0: ambient light only, 0.8 DC).
     """
+    if vertices.dim() != 3 or vertices.shape[1:] != (model.num_vertices, 3):
+        raise ValueError(f"vertices must be [B, V, 3] with V = {model.num_vertices} (the model's), got "
+                         f"{list(vertices.shape)}")
     B = vertices.shape[0]
     c2w, intr = cameras.split_label(camera.to(vertices.device))
     if c2w.shape[0] == 1 and B > 1:
