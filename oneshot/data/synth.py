@@ -74,6 +74,7 @@ def synthesize(out, n: int, *, model: MorphableModel | None = None, model_path=N
                 yaw = float(torch.rand(1, generator=g) * 2 - 1) * YAW_RANGE
                 pitch = float(torch.rand(1, generator=g) * 2 - 1) * PITCH_RANGE
                 cam = cameras.camera_label(cameras.look_at(yaw, pitch, pivot=pivot), cameras.intrinsics())
+                c = c.with_camera(cam)  # the pose in Deep3DFaceRecon's terms, as a regressor would give it
                 verts = model.vertices(c.identity, c.expression)
                 albedo = model.albedo(c.albedo) if model.has_albedo else None
                 r = render(model, verts, cam, resolution, albedo=albedo, gamma=c.lighting)

@@ -9,6 +9,10 @@
   layout of ICT-FaceKit used here).
 * :func:`render` (SH-lit Lambertian, masks, regions), :func:`frontal_render` (source identity, target
   expression, frontal camera: the expression branch's input) and :func:`neutral_render`.
+* Coefficients and cameras from images: :func:`align_face` (Deep3DFaceRecon's 5-point crop, or the same view
+  framed for the avatar), :func:`pose_to_camera` / :func:`camera_to_pose` (its pose <-> the 25-float label),
+  :func:`fit_landmarks` (pose, identity, expression from 68 landmarks by optimisation), :func:`estimate_face`
+  (all of it for a portrait, with or without the regressor :class:`ReconNet`).
 * :class:`Coeffs`: the per-image coefficients of one model (identity, expression, albedo, lighting, pose), tied
   to that model by its fingerprint; Deep3DFaceRecon's 257-vector converts to and from it.
 
@@ -22,15 +26,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .align import Alignment, align_face, five_points, similarity_from_landmarks, standard_landmarks
 from .builtin import EXPRESSIONS, builtin_model
 from .coeffs import Coeffs
 from .loaders import BFM_WORLD_SCALE, ICT_WORLD_SCALE, from_bfm, from_ict_facekit
+from .fit import FaceEstimate, FitResult, estimate_face, fit_landmarks, project_landmarks
 from .model import REGIONS, MorphableModel
+from .pose import RECON_FOCAL, camera_to_pose, euler_rotation, pose_to_camera, rotation_to_euler
 from .recon import ReconNet, load_recon_checkpoint
 from .renderer import RenderResult, frontal_render, neutral_render, render
 
 __all__ = ["MorphableModel", "Coeffs", "load_model", "ReconNet", "load_recon_checkpoint", "render", "frontal_render", "neutral_render", "RenderResult", "builtin_model", "from_bfm", "from_ict_facekit", "REGIONS",
-           "EXPRESSIONS", "BFM_WORLD_SCALE", "ICT_WORLD_SCALE"]
+           "EXPRESSIONS", "BFM_WORLD_SCALE", "ICT_WORLD_SCALE", "align_face", "Alignment", "five_points",
+           "standard_landmarks", "similarity_from_landmarks", "fit_landmarks", "FitResult", "project_landmarks",
+           "estimate_face", "FaceEstimate", "pose_to_camera", "camera_to_pose", "euler_rotation",
+           "rotation_to_euler", "RECON_FOCAL"]
 
 
 def load_model(path: str | os.PathLike | None = None) -> MorphableModel:

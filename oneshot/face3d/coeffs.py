@@ -22,7 +22,8 @@ class Coeffs:
 
     identity [B, K_id], expression [B, K_exp], albedo [B, K_tex] (K_tex may be 0), lighting [B, 27] (second-order
     spherical harmonics, 9 per colour channel, Deep3DFaceRecon's gamma layout), rotation [B, 3] (Euler angles
-    about x, y, z in radians, Deep3DFaceRecon's convention), translation [B, 3]. ``model`` is the fingerprint of
+    about x, y, z in radians, Deep3DFaceRecon's convention), translation [B, 3] (Deep3DFaceRecon's units: world
+    / 0.27, its camera at distance 10); :meth:`camera` is the pose as a camera label. ``model`` is the fingerprint of
     the model they belong to: :meth:`check` refuses another model with a clear error.
     """
 
@@ -73,6 +74,25 @@ class Coeffs:
     def to(self, *args, **kwargs) -> Coeffs:
         return Coeffs(*(getattr(self, f.name).to(*args, **kwargs) for f in fields(self) if f.name != "model"),
                       model=self.model)
+
+    def camera(self, focal: float | None = None) -> Tensor:
+        """The camera label(s) [B, 25] of this pose (:func:`~oneshot.face3d.pose_to_camera`; `focal` is the
+        normalised focal length of the image, EG3D's by default)."""
+        from .. import cameras
+        from .pose import pose_to_camera
+
+        return pose_to_camera(self.rotation, self.translation, focal=cameras.FOCAL if focal is None else focal)
+
+    def with_camera(self, camera: Tensor) -> Coeffs:
+        """A copy whose rotation and translation are the pose of camera label(s) [B, 25]
+        (:func:`~oneshot.face3d.camera_to_pose`)."""
+        from .pose import camera_to_pose
+
+        rotation, translation = camera_to_pose(camera.to(self.rotation))
+        if rotation.shape[0] != self.batch_size:
+            raise ValueError(f"camera must be [{self.batch_size}, 25], got {list(camera.shape)}")
+        return Coeffs(self.identity, self.expression, self.albedo, self.lighting, rotation.to(self.rotation),
+                      translation.to(self.translation), self.model)
 
     def to_bfm257(self) -> Tensor:
         """Deep3DFaceRecon's [B, 257] vector (only for coefficients of an 80/64/80 BFM)."""

@@ -1,0 +1,270 @@
+"""Head pose <-> camera label, Deep3DFaceRecon's 5-point alignment, landmark fitting and the portrait
+preprocessing (oneshot.face3d.pose / align / fit)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oneshot import cameras
+from oneshot.face3d import (RECON_FOCAL, Coeffs, ReconNet, align_face, builtin_model, camera_to_pose,
+                            estimate_face, euler_rotation, fit_landmarks, five_points, pose_to_camera,
+                            project_landmarks, render, rotation_to_euler, standard_landmarks)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return builtin_model()
+
+
+def _rot_err_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r = euler_rotation(a.double()).transpose(1, 2) @ euler_rotation(b.double())
+    return torch.rad2deg(torch.arccos(((r.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)))
+
+
+def _random_coeffs(model, B, seed, yaw=0.6):
+    g = torch.Generator().manual_seed(seed)
+    c = Coeffs.zeros(model, B)
+    c.identity = torch.randn(B, model.num_identity, generator=g) * 0.8
+    c.expression = torch.rand(B, model.num_expression, generator=g) * (torch.rand(B, model.num_expression, generator=g) < 0.4)
+    c.rotation = (torch.rand(B, 3, generator=g) * 2 - 1) * torch.tensor([0.3, yaw, 0.15])
+    c.translation = (torch.rand(B, 3, generator=g) * 2 - 1) * torch.tensor([0.3, 0.3, 1.0])
+    return c, g
+
+
+# -- rotations and the pose <-> camera conversion ------------------------------------------------------------
+
+def test_euler_rotation_hand_values():
+    a = 0.3
+    rx = euler_rotation(torch.tensor([[a, 0.0, 0.0]], dtype=torch.float64))[0]
+    assert torch.allclose(rx, torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]],
+                                           dtype=torch.float64))
+    ry = euler_rotation(torch.tensor([0.0, a, 0.0], dtype=torch.float64))[0]
+    assert torch.allclose(ry, torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]],
+                                           dtype=torch.float64))
+    # Order: Rz Ry Rx.
+    ang = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64)
+    parts = [euler_rotation(ang * torch.tensor(mask, dtype=torch.float64)) for mask in ([0, 0, 1], [0, 1, 0], [1, 0, 0])]
+    assert torch.allclose(euler_rotation(ang), parts[0] @ parts[1] @ parts[2])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(-1.5, 1.5), st.floats(-1.5, 1.5), st.floats(-3.1, 3.1))
+def test_rotation_to_euler_inverts(a, b, c):
+    ang = torch.tensor([[a, b, c]], dtype=torch.float64)
+    back = rotation_to_euler(euler_rotation(ang))
+    assert torch.allclose(euler_rotation(back), euler_rotation(ang), atol=1e-10)
+    assert torch.allclose(back, ang, atol=1e-8)
+
+
+def test_identity_pose_is_the_frontal_camera_at_radius_2_7():
+    label = pose_to_camera(torch.zeros(1, 3), torch.zeros(1, 3))
+    c2w, intr = cameras.split_label(label)
+    # Deep3DFaceRecon's camera at (0, 0, 10) x 0.27, looking down -z: OpenCV axes x right, y down, z forward.
+    assert torch.allclose(c2w[0], torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 2.7], [0, 0, 0, 1]]))
+    assert torch.allclose(intr[0], cameras.intrinsics())
+    # Without its pivot offset, EG3D's frontal look-at camera is this one up to the tilt towards (0, 0, 0.2).
+    frontal = cameras.look_at(0.0, 0.0, pivot=(0, 0, 0))[0]
+    assert torch.allclose(frontal, c2w[0], atol=1e-5)
+
+
+def test_pose_to_camera_matches_deep3dfacerecon_projection(model):
+    """Projecting with the label (oneshot.cameras) equals Deep3DFaceRecon's own formula: u = 112 + 1015 x / (10 - z),
+    v = 112 - 1015 y / (10 - z) for the posed head q = R v + t in its units."""
+    c, _ = _random_coeffs(model, 3, seed=1)
+    verts = model.vertices(c.identity, c.expression).double()
+    label = pose_to_camera(c.rotation.double(), c.translation.double(), focal=RECON_FOCAL)
+    c2w, intr = cameras.split_label(label)
+    uv, depth = cameras.project(verts, c2w, intr, 224)
+    q = (verts / 0.27) @ euler_rotation(c.rotation.double()).transpose(1, 2) + c.translation.double()[:, None]
+    u = 112 + 1015 * q[..., 0] / (10 - q[..., 2])
+    v = 112 - 1015 * q[..., 1] / (10 - q[..., 2])
+    assert torch.allclose(uv, torch.stack([u, v], -1), atol=1e-8)
+    assert torch.allclose(depth, (10 - q[..., 2]) * 0.27, atol=1e-10)
+
+
+def test_camera_to_pose_inverts_and_coeffs_helpers(model):
+    c, _ = _random_coeffs(model, 4, seed=2)
+    label = pose_to_camera(c.rotation.double(), c.translation.double())
+    rot, trans = camera_to_pose(label)
+    assert torch.allclose(rot, c.rotation.double(), atol=1e-9) and torch.allclose(trans, c.translation.double(), atol=1e-9)
+    # An EG3D orbit camera round-trips through the pose too (it has no roll, but any rigid camera works).
+    orbit = cameras.orbit_labels(5).double()
+    assert torch.allclose(pose_to_camera(*camera_to_pose(orbit)), orbit, atol=1e-9)
+    assert torch.allclose(c.camera(), pose_to_camera(c.rotation, c.translation))
+    c2 = Coeffs.zeros(model, 5).with_camera(orbit.float())
+    assert torch.allclose(c2.camera(), orbit.float(), atol=1e-5)
+    with pytest.raises(ValueError, match=r"camera must be \[1, 25\]"):
+        Coeffs.zeros(model, 1).with_camera(orbit)
+    with pytest.raises(ValueError, match=r"rotation must be \[B, 3\] or \[3\], got \[2, 4\]"):
+        pose_to_camera(torch.zeros(2, 4), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"one batch size, got 2 and 3"):
+        pose_to_camera(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+# -- alignment ---------------------------------------------------------------------------------------------
+
+def test_five_points_from_68():
+    lm = torch.arange(68 * 2, dtype=torch.float32).reshape(1, 68, 2)
+    p5 = five_points(lm)
+    assert torch.equal(p5[0, 0], (lm[0, 36] + lm[0, 39]) / 2) and torch.equal(p5[0, 2], lm[0, 30])
+    assert torch.equal(p5[0, 4], lm[0, 54])
+    assert five_points(p5) is p5
+    with pytest.raises(ValueError, match=r"landmarks must be \[B, 68, 2\] \(iBUG\) or \[B, 5, 2\].*got \[1, 7, 2\]"):
+        five_points(torch.zeros(1, 7, 2))
+
+
+def test_alignment_puts_the_standard_points_at_their_places(model):
+    """A face seen from the canonical distance: after the 224 alignment its five points sit where the standard
+    landmarks' weak-perspective projection (102 px per unit around the centre) puts them, whatever the framing
+    of the input photo."""
+    std = standard_landmarks(model)
+    want = torch.stack([112 + 102 * std[:, 0], 112 - 102 * std[:, 1]], -1)
+    c = Coeffs.zeros(model, 1)
+    for res, focal, shift in ((640, 3.0, (0.2, -0.1)), (300, 6.0, (0.0, 0.3))):
+        c.translation = torch.tensor([[shift[0], shift[1], 0.0]])
+        lm = project_landmarks(model, c, res, focal=focal)
+        image = torch.rand(1, 3, res, res)
+        out = align_face(image, lm)
+        assert out.image.shape == (1, 3, 224, 224)
+        got = five_points(out.landmarks)[0].double()
+        assert (got - want).norm(dim=-1).max() < 2.0, (got - want)
+        # matrix maps the input landmarks to the returned ones.
+        assert torch.allclose(out.landmarks.double(), lm.double() @ out.matrix[0, :, :2].T + out.matrix[0, :, 2], atol=1e-4)
+
+
+def test_alignment_crop_samples_the_image_where_the_matrix_says():
+    # A smooth image: the crop's pixel values equal the image function at the mapped points.
+    H, W = 200, 260
+    yy, xx = torch.meshgrid(torch.arange(H).double() + 0.5, torch.arange(W).double() + 0.5, indexing="ij")
+    # A linear image: bilinear sampling is exact, and so is the antialiasing filter of a shrink away from the
+    # borders (its weights are symmetric there).
+    f = lambda x, y: torch.stack([x / W, y / H, 0.5 + 0.0 * x])  # noqa: E731
+    image = f(xx, yy)[None].double()
+    lm = standard_landmarks()[None, :, :2] * torch.tensor([60.0, -60.0]) + torch.tensor([130.0, 100.0])
+    for size, focal in ((224, RECON_FOCAL), (96, cameras.FOCAL)):
+        out = align_face(image, lm.double(), size=size, focal=focal)
+        a = out.matrix[0]
+        inv = torch.linalg.inv(torch.cat([a, torch.tensor([[0, 0, 1.0]], dtype=a.dtype)]))
+        cy, cx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+        src = torch.stack([cx, cy, torch.ones_like(cx)], -1).double() @ inv.T
+        m = 1 if a[0, 0] >= 1 else 2 / float(a[0, 0])  # the filter's reach
+        inside = (src[..., 0] > m) & (src[..., 0] < W - m) & (src[..., 1] > m) & (src[..., 1] < H - m)
+        expect = f(src[..., 0], src[..., 1])
+        assert inside.float().mean() > 0.3
+        assert (out.image[0] - expect).abs()[:, inside].max() < 1e-9
+
+
+def test_alignment_shrinks_with_antialiasing():
+    # A fine checkerboard shrunk 8x: antialiased, it averages to grey instead of aliasing.
+    H = W = 800
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    image = ((xx + yy) % 2).float().expand(1, 3, H, W)
+    lm = standard_landmarks()[None, :, :2].float() * torch.tensor([150.0, -150.0]) + 400  # 5x shrink
+    out = align_face(image, lm, size=64)
+    assert out.matrix[0, 0, 0] < 0.2
+    assert (out.image[0, :, 16:48, 16:48] - 0.5).abs().max() < 0.05
+
+
+def test_alignment_errors():
+    img = torch.rand(1, 3, 64, 64)
+    lm = torch.rand(1, 5, 2) * 64
+    with pytest.raises(ValueError, match=r"image must be a float tensor \[B, C, H, W\]"):
+        align_face(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), lm)
+    with pytest.raises(ValueError, match=r"landmarks must have the image's batch size 1, got 2"):
+        align_face(img, torch.rand(2, 5, 2))
+    with pytest.raises(ValueError, match=r"landmarks must be finite"):
+        align_face(img, torch.full((1, 5, 2), float("nan")))
+    with pytest.raises(ValueError, match=r"degenerate"):
+        align_face(img, torch.full((1, 5, 2), 3.0))
+    with pytest.raises(ValueError, match=r"standard must be \[5, 3\]"):
+        align_face(img, lm, standard=torch.zeros(4, 3))
+
+
+# -- fitting --------------------------------------------------------------------------------------------------
+
+def test_fit_recovers_the_pose_of_exact_landmarks(model):
+    c, _ = _random_coeffs(model, 6, seed=0)
+    lm = project_landmarks(model, c, 512)
+    fit = fit_landmarks(model, lm, 512, identity_weight=1e-3, expression_weight=1e-3)
+    assert fit.error.max() < 0.3  # pixels at 512
+    assert _rot_err_deg(fit.coeffs.rotation, c.rotation).max() < 0.3
+    # The camera label is the fitted pose's, and reprojects the landmarks.
+    assert torch.allclose(fit.camera, fit.coeffs.camera(), atol=1e-5)
+    assert (project_landmarks(model, fit.coeffs, 512) - lm).norm(dim=-1).mean(-1).max() < 0.3
+    assert fit.coeffs.check(model) is fit.coeffs
+
+
+def test_fit_with_noisy_landmarks_and_pose_only(model):
+    c, g = _random_coeffs(model, 6, seed=3, yaw=0.78)  # up to 45 degrees of yaw
+    lm = project_landmarks(model, c, 512) + torch.randn(6, 68, 2, generator=g) * 0.5
+    fit = fit_landmarks(model, lm, 512)
+    assert _rot_err_deg(fit.coeffs.rotation, c.rotation).max() < 1.5
+    c2w_true = cameras.split_label(c.camera())[0]
+    c2w_fit = cameras.split_label(fit.camera)[0]
+    assert (c2w_true[:, :3, 3] - c2w_fit[:, :3, 3]).norm(dim=-1).max() < 0.25  # of radius 2.7: depth ~ identity scale
+    assert fit.error.max() < 2.0
+    # Pose only, on the mean face: the rigid fit still finds the rotation.
+    c.identity.zero_()
+    c.expression.zero_()
+    lm = project_landmarks(model, c, 512)
+    rigid = fit_landmarks(model, lm, 512, fit_identity=False, fit_expression=False)
+    assert _rot_err_deg(rigid.coeffs.rotation, c.rotation).max() < 0.05 and rigid.error.max() < 0.05
+    assert torch.equal(rigid.coeffs.identity, torch.zeros_like(rigid.coeffs.identity))
+
+
+def test_fit_errors(model):
+    with pytest.raises(ValueError, match=r"landmarks must be a float tensor \[B, 68, 2\].*got \[1, 5, 2\]"):
+        fit_landmarks(model, torch.zeros(1, 5, 2), 512)
+    with pytest.raises(ValueError, match=r"square image"):
+        fit_landmarks(model, torch.rand(1, 68, 2), (512, 256))
+    with pytest.raises(ValueError, match=r"weights must be 68 non-negative"):
+        fit_landmarks(model, torch.rand(1, 68, 2), 512, weights=torch.ones(5))
+    with pytest.raises(ValueError, match=r"landmarks must be finite"):
+        fit_landmarks(model, torch.full((1, 68, 2), float("inf")), 512)
+
+
+# -- the whole preprocessing -----------------------------------------------------------------------------------
+
+def test_estimate_face_crop_and_camera_agree_with_a_render(model):
+    """Render a posed face in a photo framed differently from EG3D's; estimate_face crops it and returns a camera
+    under which a render of the fitted face covers the crop's face."""
+    c, _ = _random_coeffs(model, 2, seed=5, yaw=0.5)
+    res, focal = 400, 3.2
+    verts = model.vertices(c.identity, c.expression)
+    photo = render(model, verts, pose_to_camera(c.rotation, c.translation, focal=focal), res)
+    lm = project_landmarks(model, c, res, focal=focal)
+    est = estimate_face(photo.image, lm, model=model, size=128)
+    assert est.image.shape == (2, 3, 128, 128) and est.camera.shape == (2, 25) and est.error.max() < 1.0
+    again = render(model, model.vertices(est.coeffs.identity, est.coeffs.expression), est.camera, 128)
+    crop_mask = (est.image.sum(1) > 0).float()
+    inter = (crop_mask * again.mask[:, 0]).sum((1, 2))
+    union = ((crop_mask + again.mask[:, 0]) > 0).float().sum((1, 2))
+    assert (inter / union).min() > 0.95
+    # (How well the pose itself is recovered is the fitting tests' business: with identity and expression free,
+    # landmarks alone leave some of the rotation to trade against the shape.)
+
+
+def test_estimate_face_with_the_regressor_uses_its_pose(tmp_path):
+    from test_face3d import write_bfm
+
+    from oneshot.face3d import from_bfm
+
+    write_bfm(tmp_path / "bfm.mat")
+    bfm = from_bfm(tmp_path / "bfm.mat")
+    net = ReconNet().eval()
+    with torch.no_grad():
+        net.final_layers[3].bias.copy_(torch.tensor([0.1, -0.2, 0.05]))  # angles
+        net.final_layers[5].bias.copy_(torch.tensor([0.3, -0.1]))  # tx, ty
+    std = standard_landmarks(bfm)
+    lm = (std[None, :, :2] * torch.tensor([80.0, -80.0]) + 150).float()
+    est = estimate_face(torch.rand(1, 3, 300, 300), lm, model=bfm, recon=net, size=64)
+    assert est.error is None and est.image.shape == (1, 3, 64, 64)
+    assert torch.allclose(est.coeffs.rotation, torch.tensor([[0.1, -0.2, 0.05]]))
+    assert torch.allclose(est.camera, pose_to_camera(torch.tensor([[0.1, -0.2, 0.05]]), torch.tensor([[0.3, -0.1, 0.0]])))
+    with pytest.raises(ValueError, match=r"landmark fitting needs the 68 iBUG landmarks"):
+        estimate_face(torch.rand(1, 3, 300, 300), lm, model=bfm, size=64)
