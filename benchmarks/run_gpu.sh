@@ -39,4 +39,11 @@ QUICK_FLAG=""
 [ "${QUICK:-0}" = "1" ] && QUICK_FLAG="--quick"
 $PY benchmarks/run.py --device cuda $QUICK_FLAG --name cuda 2>&1 | tail -60 | tee "$OUT/gpu_bench.log"
 [ "$OUT" = benchmarks/results ] || cp benchmarks/results/cuda.csv benchmarks/results/cuda.md "$OUT/" 2>/dev/null || true
+if $PY -c "import transformers, safetensors" 2>/dev/null; then
+  log "avatar inference benchmark (per preset, native vs reference ops)"
+  $PY benchmarks/bench_avatar.py --device cuda $QUICK_FLAG 2>&1 | tail -30 | tee -a "$OUT/gpu_bench.log"
+  [ "$OUT" = benchmarks/results ] || cp benchmarks/results/avatar_cuda.* "$OUT/" 2>/dev/null || true
+else
+  log "transformers/safetensors missing on this machine: avatar benchmark skipped"
+fi
 log "done"
