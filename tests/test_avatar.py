@@ -211,15 +211,16 @@ def test_full_size_presets_run_one_forward(face, preset):
 def test_dropping_empty_rays_changes_only_the_lifting(face):
     torch.manual_seed(0)
     keep = OneShotAvatar("tiny", face).eval()
-    drop = OneShotAvatar(AvatarConfig.preset_config("tiny", drop_empty_rays=True, empty_ray_opacity=0.5), face).eval()
-    drop.load_state_dict(keep.state_dict())
     batch = _batch(keep, B=1, seed=1)
     with torch.no_grad():
         a = keep(batch, seed=0)
+    # Random weights give no clear empty/solid split: drop the less opaque half of the rays.
+    threshold = float(a["neutral"].opacity.median())
+    drop = OneShotAvatar(AvatarConfig.preset_config("tiny", drop_empty_rays=True, empty_ray_opacity=threshold),
+                         face).eval()
+    drop.load_state_dict(keep.state_dict())
+    with torch.no_grad():
         b = drop(batch, seed=0)
     assert torch.equal(a["planes"]["canonical"], b["planes"]["canonical"])
     assert torch.equal(a["neutral"].opacity, b["neutral"].opacity)
-    # Random weights leave some rays empty and some not, so the rasterized points differ.
-    opacity = a["neutral"].opacity
-    assert (opacity < 0.5).any() and (opacity >= 0.5).any()
     assert not torch.equal(a["planes"]["appearance"], b["planes"]["appearance"])
