@@ -2,6 +2,12 @@
 
     oneshot data synth --out DIR --n N [--model PATH] [--resolution 512] [--seed S] [--per-identity 4]
     oneshot data check DIR
+    oneshot train [--config CONFIG.json] --data DIR --out RUN_DIR [--stage 1|2] [--resume] [--steps N]
+    oneshot reconstruct --checkpoint CKPT SOURCE.png --out DIR ...
+    oneshot animate --checkpoint CKPT SOURCE.png DRIVING --out OUT.mp4 ...
+    oneshot demo [--out DIR] [--minutes M]
+
+Multi-GPU training: ``torchrun --nproc_per_node N -m oneshot train ...``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,37 @@ def _check(a) -> int:
     return 0
 
 
+def _train(a) -> int:
+    from .train import TrainConfig, Trainer
+
+    cfg = TrainConfig.from_file(a.config) if a.config else TrainConfig()
+    overrides = {k: v for k, v in (("stage", a.stage), ("steps", a.steps), ("batch_size", a.batch_size),
+                                   ("init", a.init), ("seed", a.seed), ("max_minutes", a.minutes)) if v is not None}
+    if a.vgg_weights is not None:
+        overrides["vgg_weights"] = a.vgg_weights
+    if overrides:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, **overrides)
+    trainer = Trainer(cfg, a.data, a.out, device=a.device, progress=not a.quiet)
+    if a.resume:
+        if not (trainer.out / "checkpoints" / "last.pt").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {trainer.out / 'checkpoints' / 'last.pt'}")
+        step = trainer.resume()
+        print(f"resumed at step {step}")
+    trainer.fit()
+    if trainer.rank == 0:
+        print(f"stage {cfg.stage}: {trainer.step} steps; model in {trainer.out / 'avatar.safetensors'}")
+    return 0
+
+
+def _demo(a) -> int:
+    from .train.demo import run_demo
+
+    summary = run_demo(a.out, a.minutes, seed=a.seed, progress=not a.quiet)
+    return 0 if summary else 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="oneshot", description="One-shot neural head avatars: data, training, animation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -52,6 +89,33 @@ def main(argv=None) -> int:
     c = data.add_parser("check", help="validate a dataset directory")
     c.add_argument("dir")
     c.set_defaults(func=_check)
+    t = sub.add_parser("train", help="train an avatar (stage 1 or 2) on a dataset directory")
+    t.add_argument("--config", default=None, help="a JSON training config (oneshot.train.TrainConfig fields)")
+    t.add_argument("--data", required=True, help="dataset directory (oneshot data synth, or real preprocessed data)")
+    t.add_argument("--out", required=True, help="run directory: checkpoints, avatar.safetensors, logs, images")
+    t.add_argument("--stage", type=int, choices=(1, 2), default=None, help="1: all but super-resolution; 2: SR + GAN")
+    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--minutes", type=float, default=None, help="stop after this much wall time (checkpointed)")
+    t.add_argument("--init", default=None, help="start from these avatar weights (e.g. stage 2 from stage 1)")
+    t.add_argument("--vgg-weights", default=None, help="torchvision vgg19 weights (local file) for the perceptual loss")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--device", default=None)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_train)
+    try:
+        from .cli_infer import add_parsers
+    except ImportError:  # pragma: no cover - the inference commands need the video extra
+        add_parsers = None
+    if add_parsers is not None:
+        add_parsers(sub)
+    d = sub.add_parser("demo", help="synthesize data, train the tiny avatar on CPU for a few minutes, write a report")
+    d.add_argument("--out", default="oneshot_demo", help="output directory (default ./oneshot_demo)")
+    d.add_argument("--minutes", type=float, default=8.0, help="training time budget (default 8)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_demo)
     a = p.parse_args(argv)
     try:
         return a.func(a)

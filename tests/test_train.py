@@ -1,0 +1,182 @@
+"""The trainer (oneshot.train): steps lower the loss, resume equals an uninterrupted run, atomic checkpoints,
+stage 2, DDP on two CPU processes, the train command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+from oneshot.data import synthesize
+from oneshot.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint_atomic
+from oneshot.train.data import PairSampler, collate_pairs
+
+pytestmark = pytest.mark.filterwarnings("ignore:PerceptualLoss. no VGG-19 weights")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train") / "data"
+    synthesize(d, 8, resolution=128, seed=0, per_identity=4, progress=False)
+    return d
+
+
+def _cfg(**kw):
+    base = dict(steps=4, batch_size=2, log_every=1, image_every=0, checkpoint_every=0, expression_start=0.0,
+                appearance_start=0.0, density_points=256)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_pair_sampler_is_a_function_of_the_step_and_stays_within_identities(data):
+    from oneshot.data import FaceDataset
+
+    ds = FaceDataset(data)
+    s = PairSampler(ds, 4, seed=3)
+    assert s.pairs(5) == s.pairs(5) and s.pairs(5) != s.pairs(6)
+    for a, b in s.pairs(7):
+        assert ds.samples[a]["identity"] == ds.samples[b]["identity"] and a != b
+    # Two ranks split one global batch.
+    r0, r1 = PairSampler(ds, 4, 3, rank=0, world_size=2), PairSampler(ds, 4, 3, rank=1, world_size=2)
+    assert r0.pairs(2) + r1.pairs(2) == s.pairs(2)
+    with pytest.raises(ValueError, match=r"batch_size must be a positive multiple of the world size 2, got 3"):
+        PairSampler(ds, 3, world_size=2)
+    batch = collate_pairs(ds, s.pairs(0), __import__("oneshot.face3d", fromlist=["builtin_model"]).builtin_model())
+    assert batch["source_image"].shape == (4, 3, 128, 128) and batch["target_camera"].shape == (4, 25)
+    assert batch["source_image"].min() >= -1 and (batch["source_image"] == -1).any()  # matted background
+
+
+def test_steps_lower_the_loss_on_a_fixed_batch(data, tmp_path):
+    tr = Trainer(_cfg(lr=1e-3), data, tmp_path, progress=False)
+    batch = collate_pairs(tr.dataset, tr.sampler.pairs(0), tr.face)
+    losses = []
+    for _ in range(12):
+        losses.append(tr.train_step(batch)["loss"])
+        tr.step += 1
+    assert min(losses[-3:]) < 0.8 * losses[0], losses
+
+
+def test_resume_equals_an_uninterrupted_run(data, tmp_path):
+    torch.set_num_threads(torch.get_num_threads())
+    full = Trainer(_cfg(steps=6), data, tmp_path / "full", progress=False)
+    rec_full = full.fit()
+    part = Trainer(_cfg(steps=6), data, tmp_path / "part", progress=False)
+    part.fit(steps=3)
+    resumed = Trainer(_cfg(steps=6), data, tmp_path / "part", progress=False)
+    assert resumed.resume() == 3
+    rec_rest = resumed.fit()
+    assert [r["loss"] for r in rec_full[3:]] == [r["loss"] for r in rec_rest]
+    sa, sb = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # The log of the resumed run continues the interrupted one's.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint_atomic({"format": "oneshot-train", "step": 1, "w": torch.ones(3)}, path)
+
+    def boom(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint_atomic({"format": "oneshot-train", "step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary left behind
+
+
+def test_a_run_killed_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "ck.pt"
+    code = (
+        "import torch, sys\n"
+        "from oneshot.train import save_checkpoint_atomic\n"
+        "i = 0\n"
+        "while True:\n"
+        "    save_checkpoint_atomic({'format': 'oneshot-train', 'step': i, 'w': torch.full((2_000_000,), float(i))}, sys.argv[1])\n"
+        "    i += 1\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
+    deadline = time.time() + 60
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ck = load_checkpoint(path)
+    assert torch.equal(ck["w"], torch.full((2_000_000,), float(ck["step"])))
+
+
+def test_stage_two_trains_only_the_super_resolution_and_the_discriminator(data, tmp_path):
+    s1 = Trainer(_cfg(steps=1), data, tmp_path / "s1", progress=False)
+    s1.fit()
+    s2 = Trainer(_cfg(stage=2, steps=2, r1_every=2, init=str(tmp_path / "s1" / "avatar.safetensors")), data,
+                 tmp_path / "s2", progress=False)
+    before = {k: v.clone() for k, v in s2.model.state_dict().items()}
+    d_before = {k: v.clone() for k, v in s2.disc.state_dict().items()}
+    rec = s2.fit()
+    after = s2.model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"super_resolution"}
+    assert any(not torch.equal(d_before[k], v) for k, v in s2.disc.state_dict().items())
+    assert {"gan/g", "gan/d", "sr/l1"} <= set(rec[-1])
+    with pytest.raises(ValueError, match=r"resuming stage 2 from a stage-1 checkpoint"):
+        s2.resume(tmp_path / "s1" / "checkpoints" / "last.pt")
+
+
+def _ddp_worker(rank, world, data, out, port, result):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    tr = Trainer(_cfg(steps=2, batch_size=2), data, out, device="cpu", progress=False)
+    tr.fit()
+    flat = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
+    torch.save(flat, f"{result}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_on_two_cpu_processes_keeps_replicas_identical(data, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, str(data), str(tmp_path / "run"), port, str(tmp_path / "params")), nprocs=2)
+    p0, p1 = torch.load(tmp_path / "params.0"), torch.load(tmp_path / "params.1")
+    assert torch.equal(p0, p1)
+    init = Trainer(_cfg(), data, tmp_path / "init", progress=False).model
+    assert not torch.equal(p0, torch.cat([p.detach().flatten() for p in init.parameters()]))  # it trained
+    assert (tmp_path / "run" / "avatar.safetensors").is_file()
+
+
+def test_train_command(data, tmp_path, capsys):
+    from oneshot.cli import main
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"steps": 2, "batch_size": 2, "log_every": 1, "image_every": 1, "density_points": 128}))
+    assert main(["train", "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (tmp_path / "run" / "avatar.safetensors").is_file() and list((tmp_path / "run" / "images").iterdir())
+    assert main(["train", "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"), "--quiet",
+                 "--resume", "--steps", "3"]) == 0
+    assert "resumed at step 2" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stepz": 2}))
+    assert main(["train", "--config", str(bad), "--data", str(data), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown training config fields ['stepz']" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "z"), "--resume"]) == 2
+    assert "--resume: no checkpoint" in capsys.readouterr().err
