@@ -81,7 +81,7 @@ def _write_gif(path: Path, frames: list[np.ndarray], fps: float = 12) -> None:
 
 
 def run_demo(out, minutes: float = 8.0, *, seed: int = 0, n_train: int = 384, n_test: int = 16,
-             progress: bool = True, log=print) -> dict:
+             orbit_frames: int = 36, progress: bool = True, log=print) -> dict:
     """The whole demo; returns the metrics (also in out/report/metrics.json)."""
     out = Path(out)
     t0 = time.time()
@@ -110,7 +110,7 @@ def run_demo(out, minutes: float = 8.0, *, seed: int = 0, n_train: int = 384, n_
         log(f"resumed at step {trainer.step}")
     log(f"training the tiny avatar for {minutes:g} minutes on {trainer.device} "
         f"({torch.get_num_threads()} threads)")
-    records = trainer.fit()
+    trainer.fit()
     model = trainer.model.eval()
     log(f"trained {trainer.step} steps")
 
@@ -156,7 +156,7 @@ def run_demo(out, minutes: float = 8.0, *, seed: int = 0, n_train: int = 384, n_
         # Novel-view orbit of the first held-out source (its own expression).
         b = collate_pairs(test_ds, [(ids[0][0], ids[0][0])], face)
         avatar = model.reconstruct(b["source_image"], b["source_camera"], b["source_coeffs"], seed=seed)
-        n_frames = 36
+        n_frames = max(orbit_frames, 6)
         cams = cameras.orbit_labels(n_frames, yaw_range=0.6, pitch_range=0.15)
         coeffs = b["source_coeffs"]
         frames = []
@@ -167,9 +167,10 @@ def run_demo(out, minutes: float = 8.0, *, seed: int = 0, n_train: int = 384, n_
         _write_gif(rep / "orbit.gif", frames)
         write_png(rep / "orbit_frames.png", np.concatenate(frames[:: n_frames // 6][:6], axis=1))
 
+    history = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines() if line.strip()]
     series = {}
     for key in ("loss", "full/l1", "canonical/l1", "neutral"):
-        pts = [(rec["step"], rec[key]) for rec in records if key in rec]
+        pts = [(rec["step"], rec[key]) for rec in history if key in rec]
         if pts:
             series[key] = pts
     if series:

@@ -324,7 +324,8 @@ class Trainer:
                     raise FloatingPointError(f"loss became {logs['loss']} at step {self.step}; the last checkpoint "
                                              f"is intact")
                 self.step += 1
-                if self.rank == 0 and (self.step % c.log_every == 0 or self.step == total):
+                stopping = c.max_minutes is not None and time.time() - start > c.max_minutes * 60
+                if self.rank == 0 and (self.step % c.log_every == 0 or self.step == total or stopping):
                     now = time.time()
                     rec = {"step": self.step, "time": round(now - start, 3), **logs}
                     records.append(rec)
@@ -343,7 +344,7 @@ class Trainer:
                     self.write_images(batch)
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                     self.save()
-                if c.max_minutes is not None and time.time() - start > c.max_minutes * 60:
+                if stopping:
                     break
         finally:
             if self.progress:
