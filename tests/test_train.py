@@ -180,3 +180,26 @@ def test_train_command(data, tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "z"), "--resume"]) == 2
     assert "--resume: no checkpoint" in capsys.readouterr().err
+
+
+def test_tensorboard_gets_scalars_and_image_grids(data, tmp_path, monkeypatch):
+    import oneshot.train.trainer as T
+
+    calls = []
+
+    class Recorder:
+        def add_scalar(self, tag, value, step):
+            calls.append(("scalar", tag, step))
+
+        def add_image(self, tag, image, step):
+            calls.append(("image", tag, tuple(image.shape), step))
+
+        def flush(self):
+            calls.append(("flush",))
+
+    monkeypatch.setattr(T, "_tensorboard", lambda out: Recorder())
+    Trainer(_cfg(steps=2, image_every=2), data, tmp_path, progress=False).fit()
+    assert ("scalar", "loss", 1) in calls and ("scalar", "full/l1", 2) in calls
+    images = [c for c in calls if c[0] == "image"]
+    assert len(images) == 1 and images[0][2][0] == 3 and images[0][3] == 2  # one grid, CHW, at step 2
+    assert (tmp_path / "images" / "step_0000002.png").is_file()
