@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._checkpoint import check_state_dict, load_torch_file
 from .coeffs import Coeffs
 from .model import MorphableModel
 
@@ -102,25 +103,12 @@ def load_recon_checkpoint(path: str | os.PathLike, map_location="cpu") -> ReconN
     """A :class:`ReconNet` with the weights of a Deep3DFaceRecon checkpoint (a dict with ``net_recon``, as
     its ``epoch_20.pth``; a bare state dict is accepted too). Checks every key and shape, with clear errors."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"Deep3DFaceRecon checkpoint: no such file: {p}")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{p}: not a readable torch checkpoint ({e})") from None
+    ckpt = load_torch_file(p, "Deep3DFaceRecon checkpoint", map_location)
     state = ckpt.get("net_recon", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{p}: expected a dict with 'net_recon' (Deep3DFaceRecon's epoch_*.pth)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     net = ReconNet()
-    want = net.state_dict()
-    missing = sorted(set(want) - set(state))
-    unexpected = sorted(set(state) - set(want))
-    if missing or unexpected:
-        raise ValueError(f"{p}: not a ReconNetWrapper(resnet50) state dict: {len(missing)} missing keys "
-                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    for k, v in want.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise ValueError(f"{p}: {k} has shape {list(state[k].shape)}, expected {list(v.shape)}")
+    check_state_dict(net.state_dict(), state, p, "ReconNetWrapper(resnet50)")
     net.load_state_dict(state)
     return net.eval()

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checkpoint import check_state_dict, load_torch_file
+
 __all__ = ["GFPGANv1Clean", "SuperResolution", "load_gfpgan_weights"]
 
 _SLOPE = 0.2  # negative slope of every leaky ReLU
@@ -419,12 +421,7 @@ def load_gfpgan_weights(module: GFPGANv1Clean | SuperResolution, path: str | os.
     else:
         raise TypeError(f"module must be a GFPGANv1Clean or SuperResolution, got {type(module).__name__}")
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"GFPGAN checkpoint: no such file: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{p}: not a readable torch checkpoint ({e})") from None
+    ckpt = load_torch_file(p, "GFPGAN checkpoint")
     if not isinstance(ckpt, dict):
         raise ValueError(f"{p}: expected a dict with 'params_ema' or 'params', got {type(ckpt).__name__}")
     if key is not None:
@@ -443,16 +440,7 @@ def load_gfpgan_weights(module: GFPGANv1Clean | SuperResolution, path: str | os.
     if not isinstance(state, dict):
         raise ValueError(f"{p}: the state dict is a {type(state).__name__}, expected a dict of tensors")
     want = net.state_dict()
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    if missing or unexpected:
-        raise ValueError(f"{p}: not a GFPGANv1Clean state dict for this configuration: {len(missing)} missing "
-                         f"keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    for k, v in want.items():
-        got = state[k]
-        if not isinstance(got, Tensor) or tuple(got.shape) != tuple(v.shape):
-            shape = list(got.shape) if isinstance(got, Tensor) else type(got).__name__
-            raise ValueError(f"{p}: {k} has shape {shape}, expected {list(v.shape)}")
+    check_state_dict(want, state, p, "GFPGANv1Clean (this configuration)")
     on_meta = any(t.is_meta for t in want.values())
     net.load_state_dict(state, strict=True, assign=on_meta)
     return module

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .._checkpoint import load_torch_file
 from ..data import FaceDataset
 from ..face3d import MorphableModel, load_model
 from ..models import AvatarConfig, OneShotAvatar
@@ -114,12 +115,7 @@ def save_checkpoint_atomic(obj: dict, path) -> None:
 def load_checkpoint(path) -> dict:
     """A training checkpoint (weights_only-safe: tensors, numbers, strings, dicts and lists only)."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{p}: not a readable checkpoint ({e})") from None
+    ckpt = load_torch_file(p, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != "oneshot-train":
         raise ValueError(f"{p}: not a oneshot training checkpoint")
     return ckpt
