@@ -73,7 +73,6 @@ def run(device: torch.device, quick: bool, results: list, presets=None) -> None:
             H.run_case(results, OP, case, "reconstruct", provider, reconstruct, device, **budget)
             H.run_case(results, OP, case, "frame", provider, animate, device, **budget)
             H.run_case(results, OP, case, "frame-no-SR", provider, animate_low_res, device, **budget)
-        del model, avatar
 
 
 def main(argv=None):

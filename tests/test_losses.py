@@ -131,17 +131,22 @@ def test_vgg_loader_errors(tmp_path):
 
     p = tmp_path / "missing.pth"
     _save_expanded({k: s for k, s in shapes.items() if k != "features.34.bias"}, p)
-    with pytest.raises(KeyError, match=r"missing \['features.34.bias'\], unexpected \[\]"):
+    with pytest.raises(ValueError, match=r"1 missing keys \(e.g. \['features.34.bias'\]\), 0 unexpected"):
         load_vgg19_features(p)
 
     p = tmp_path / "unexpected.pth"
     _save_expanded({**shapes, "features.1.running_mean": [64]}, p)  # e.g. a vgg19_bn file
-    with pytest.raises(KeyError, match=r"missing \[\], unexpected \['features.1.running_mean'\]"):
+    with pytest.raises(ValueError, match=r"0 missing keys \(e.g. \[\]\), 1 unexpected \(e.g. \['features.1.running_mean'\]\)"):
         load_vgg19_features(p)
 
     p = tmp_path / "shape.pth"
     _save_expanded({**shapes, "features.0.weight": [64, 1, 3, 3]}, p)
-    with pytest.raises(ValueError, match=r"features.0.weight must have shape \[64, 3, 3, 3\], got \[64, 1, 3, 3\]"):
+    with pytest.raises(ValueError, match=r"features.0.weight has shape \[64, 1, 3, 3\], expected \[64, 3, 3, 3\]"):
+        load_vgg19_features(p)
+
+    p = tmp_path / "junk.pth"
+    p.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
         load_vgg19_features(p)
 
     p = tmp_path / "tensor.pth"

@@ -224,9 +224,7 @@ class OneShotAvatar(nn.Module):
         """(1 - R_source, R_neutral, neutral 3DMM render) at the source pose."""
         fm, n = self.face_model, self.config.face_render_size
         with torch.no_grad():
-            verts = fm.vertices(coeffs.identity, coeffs.expression)
-            albedo = fm.albedo(coeffs.albedo) if fm.has_albedo else None
-            src = render(fm, verts, camera, n, albedo=albedo, gamma=coeffs.lighting)
+            src = render(fm, fm.vertices(coeffs.identity, coeffs.expression), camera, n)  # only its regions
             neu = neutral_render(fm, coeffs, camera, n)
         return 1 - self._regions(src), self._regions(neu), neu
 

@@ -185,7 +185,7 @@ def run_demo(out, minutes: float = 9.0, *, seed: int = 0, n_train: int = 384, n_
                "train_samples": len(train_ds), "test_identities": len(test_ds.identities),
                "render_resolution": r, "results": results, "wall_s": round(time.time() - t0, 1)}
     (rep / "metrics.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"# oneshot demo report", "", f"Tiny avatar trained {trainer.step} steps ({minutes:g} min budget, "
+    lines = ["# oneshot demo report", "", f"Tiny avatar trained {trainer.step} steps ({minutes:g} min budget, "
              f"{torch.get_num_threads()} CPU threads) on {len(train_ds)} synthetic samples; evaluated on "
              f"{len(test_ds.identities)} held-out identities at the {r}x{r} render resolution.", "",
              "| case | trained PSNR | untrained PSNR | mean-image PSNR | trained SSIM | untrained SSIM | mean-image SSIM |",

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .._checkpoint import check_state_dict, load_torch_file
+
 # torchvision's configuration "E" (vgg19): channels of each conv, "M" for a 2x2 max pool.
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
 
@@ -117,29 +119,15 @@ def load_vgg19_features(path: str | os.PathLike, *, map_location="cpu") -> VGG19
     Raises:
         FileNotFoundError: no file at `path`.
         TypeError: the file does not hold a state dict.
-        KeyError: missing or unexpected keys (listed).
-        ValueError: a tensor of the wrong shape (key, expected and received shapes).
+        ValueError: an unreadable file, missing or unexpected keys (counted, with examples), or a tensor of the
+            wrong shape (key, received and expected shapes).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VGG-19 weights not found: {path!r} (expected torchvision's vgg19-dcbb9e9d.pth "
-                                f"or a state dict with the same keys)")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    state = _features_state_dict(state, path)
+    state = _features_state_dict(load_torch_file(path, "VGG-19 weights (torchvision's vgg19-dcbb9e9d.pth)",
+                                                 map_location), path)
     with torch.device("meta"):  # no random init: every parameter comes from the file
         model = VGG19Features()
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise KeyError(f"VGG-19 weights {path!r} do not match torchvision's vgg19 features: "
-                       f"missing {missing}, unexpected {unexpected}")
-    for k, v in expected.items():
-        got = state[k]
-        if not isinstance(got, Tensor):
-            raise TypeError(f"VGG-19 weights {path!r}: {k} must be a tensor, got {type(got).__name__}")
-        if got.shape != v.shape:
-            raise ValueError(f"VGG-19 weights {path!r}: {k} must have shape {list(v.shape)}, got {list(got.shape)}")
+    check_state_dict(model.state_dict(), state, path, "torchvision vgg19 features")
     model.load_state_dict({k: v.to(torch.float32).contiguous() for k, v in state.items()}, strict=True,
                           assign=True)
     return model
