@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         add_parsers(sub)
     d = sub.add_parser("demo", help="synthesize data, train the tiny avatar on CPU for a few minutes, write a report")
     d.add_argument("--out", default="oneshot_demo", help="output directory (default ./oneshot_demo)")
-    d.add_argument("--minutes", type=float, default=9.0, help="training time budget in minutes (default 9)")
+    d.add_argument("--minutes", type=float, default=10.0, help="training time budget in minutes (default 10)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)

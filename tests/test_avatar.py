@@ -89,12 +89,35 @@ def test_stages_route_the_gradients(face):
                 for name, mod in model.named_children()}
 
     g1 = grads(1)
-    for name in ("canonical_encoder", "canonical_head", "expression_encoder", "expression_head",
-                 "appearance_encoder", "appearance_upsampler", "decoder"):
-        assert g1[name], name
+    assert {"canonical_encoder", "canonical_head", "expression_encoder", "expression_head", "appearance_encoder",
+            "appearance_upsampler", "decoder"} <= set(g1)
+    for name, module in model.named_children():
+        if name != "super_resolution" and any(True for _ in module.parameters()):
+            assert g1[name], name
     assert not g1["super_resolution"]
     g2 = grads(2)
     assert g2["super_resolution"] and not any(v for k, v in g2.items() if k != "super_resolution")
+
+
+def test_template_planes_add_a_learned_plane_to_the_canonical_branch(face):
+    torch.manual_seed(0)
+    cfg = AvatarConfig.preset_config("tiny", template_planes=True)
+    model = OneShotAvatar(cfg, face).eval()
+    t = model.canonical_template.planes
+    assert t.shape == (1, 3, cfg.plane_channels, cfg.plane_size, cfg.plane_size) and not t.any()
+    plain = OneShotAvatar(AvatarConfig.preset_config("tiny", template_planes=False), face).eval()
+    assert plain.canonical_template is None
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert unexpected == ["canonical_template.planes"] and not missing
+    batch = _batch(model, B=2)
+    with torch.no_grad():
+        a = model(batch, seed=0)["planes"]["canonical"]
+        assert torch.equal(a, plain(batch, seed=0)["planes"]["canonical"])  # zero at initialisation
+        t.normal_()
+        b = model(batch, seed=0)["planes"]["canonical"]
+    torch.testing.assert_close(b - a, (t * cfg.template_lr_multiplier).expand_as(a))
+    with pytest.raises(ValueError, match=r"x must be \[B, 3, 16, 64, 64\], got \[1, 3, 16, 32, 32\]"):
+        model.canonical_template(torch.zeros(1, 3, 16, 32, 32))
 
 
 @pytest.mark.parametrize("lift_base", ["canonical", "canonical+expression"])

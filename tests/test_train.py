@@ -62,21 +62,76 @@ def test_steps_lower_the_loss_on_a_fixed_batch(data, tmp_path):
     assert min(losses[-3:]) < 0.8 * losses[0], losses
 
 
+def test_lr_mult_gives_submodules_their_own_learning_rate(data, tmp_path):
+    mult = {"decoder": 10, "canonical_head": 0}
+    tr = Trainer(_cfg(lr=2e-4, lr_mult=mult), data, tmp_path, progress=False)
+    lrs = {id(p): g["lr"] for g in tr.opt.param_groups for p in g["params"]}
+    assert len(lrs) == sum(p.requires_grad for p in tr.model.parameters())
+    for name, module in tr.model.named_children():
+        for p in module.parameters():
+            if p.requires_grad:
+                assert lrs[id(p)] == pytest.approx(2e-4 * mult.get(name, 1)), name
+    head = {k: v.clone() for k, v in tr.model.canonical_head.state_dict().items()}
+    dec = {k: v.clone() for k, v in tr.model.decoder.state_dict().items()}
+    tr.fit(1)
+    assert all(torch.equal(head[k], v) for k, v in tr.model.canonical_head.state_dict().items())  # lr 0
+    assert not all(torch.equal(dec[k], v) for k, v in tr.model.decoder.state_dict().items())
+    with pytest.raises(ValueError, match=r"lr_mult names unknown submodules \['nope'\]"):
+        Trainer(_cfg(lr_mult={"nope": 2}), data, tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match=r"lr_mult\['decoder'\] must be a non-negative number, got -1"):
+        _cfg(lr_mult={"decoder": -1})
+
+
 def test_resume_equals_an_uninterrupted_run(data, tmp_path):
     torch.set_num_threads(torch.get_num_threads())
-    full = Trainer(_cfg(steps=6), data, tmp_path / "full", progress=False)
+    full = Trainer(_cfg(steps=6, ema=0.9), data, tmp_path / "full", progress=False)
     rec_full = full.fit()
-    part = Trainer(_cfg(steps=6), data, tmp_path / "part", progress=False)
+    part = Trainer(_cfg(steps=6, ema=0.9), data, tmp_path / "part", progress=False)
     part.fit(steps=3)
-    resumed = Trainer(_cfg(steps=6), data, tmp_path / "part", progress=False)
+    resumed = Trainer(_cfg(steps=6, ema=0.9), data, tmp_path / "part", progress=False)
     assert resumed.resume() == 3
     rec_rest = resumed.fit()
     assert [r["loss"] for r in rec_full[3:]] == [r["loss"] for r in rec_rest]
-    sa, sb = full.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    for a, b in ((full.model, resumed.model), (full.ema_model, resumed.ema_model)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # The log of the resumed run continues the interrupted one's.
     steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_ema_averages_the_weights_and_is_what_the_run_exports(data, tmp_path):
+    from oneshot.models import OneShotAvatar
+
+    tr = Trainer(_cfg(steps=3, ema=0.15), data, tmp_path, progress=False)
+    expected = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    for k in range(3):
+        tr.train_step(collate_pairs(tr.dataset, tr.sampler.pairs(k), tr.face))
+        d = min(0.15, (1 + k) / (10 + k))  # the warm-up: 0.1 at the first step, then 0.15
+        for n, p in tr.model.named_parameters():
+            expected[n] = expected[n] + (1 - d) * (p.detach() - expected[n])
+        tr.step += 1
+    ema = dict(tr.ema_model.named_parameters())
+    for n, p in tr.model.named_parameters():
+        torch.testing.assert_close(ema[n], expected[n])
+    assert not all(torch.equal(ema[n], p) for n, p in tr.model.named_parameters())
+    tr.save()
+    state = tr.ema_model.state_dict()
+    loaded = OneShotAvatar.load(tmp_path / "avatar.safetensors", tr.face).state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in loaded.items())
+    again = Trainer(_cfg(steps=3, ema=0.15), data, tmp_path, progress=False)
+    again.resume()
+    assert all(torch.equal(v, state[k]) for k, v in again.ema_model.state_dict().items())
+    with pytest.raises(ValueError, match=r"this run averages weights \(ema > 0\) but the checkpoint has no average"):
+        Trainer(_cfg(steps=3, ema=0.5), data, tmp_path / "b", progress=False).resume(
+            _plain_checkpoint(data, tmp_path / "plain"))
+    with pytest.raises(ValueError, match=r"ema must be a decay in \[0, 1\), got 1.0"):
+        _cfg(ema=1.0)
+
+
+def _plain_checkpoint(data, out):
+    tr = Trainer(_cfg(steps=1), data, out, progress=False)
+    return tr.save()
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):

@@ -5,7 +5,9 @@ labels (:mod:`oneshot.cameras`); coefficients are :class:`~oneshot.face3d.Coeffs
 avatar was built for (refused otherwise). The branches (paper, Sec. 3):
 
 * canonical: the source image with brows, eyes and mouth masked out (the 3DMM's region masks at the source
-  pose and expression, dilated) -> SegFormer -> embed-to-plane -> T_c;
+  pose and expression, dilated) -> SegFormer -> embed-to-plane -> T_c (plus a learned template tri-plane when
+  ``config.template_planes``: not in the paper, it speeds up learning the mean head a lot; see
+  :class:`~oneshot.models.PlaneTemplate`);
 * expression: the 3DMM's frontal render of the source identity with the target expression (at
   ``face_render_size``, resized to S) -> SegFormer -> embed-to-plane -> T_e;
 * appearance: the base planes (T_c, or T_c + T_e as the released code) rendered from the source camera at
@@ -33,7 +35,7 @@ from ..face3d import Coeffs, MorphableModel, frontal_render, load_model, neutral
 from ..ops import rasterize_points
 from .config import AvatarConfig
 from .decoder import TriplaneDecoder
-from .encoders import Embed2Plane, PlaneUpsampler, SegFormerEncoder
+from .encoders import Embed2Plane, PlaneTemplate, PlaneUpsampler, SegFormerEncoder
 from .gfpgan import SuperResolution
 from .volume import RenderSettings, VolumeRenderer, VolumeRenderOutput
 
@@ -108,7 +110,11 @@ class OneShotAvatar(nn.Module):
         self.__dict__["face_model"] = face_model  # not a submodule: its buffers stay out of the state dict
         C, E = c.plane_channels, c.encoder_channels
         self.canonical_encoder = SegFormerEncoder(3, config=c.encoder, pretrained=pretrained_encoder)
+        if self.canonical_encoder.out_channels != E:
+            raise ValueError(f"encoder_channels must equal the {c.encoder!r} SegFormer's decoder_hidden_size "
+                             f"{self.canonical_encoder.out_channels}, got {E}")
         self.canonical_head = Embed2Plane(E, 3, C, hidden=c.embed_hidden)
+        self.canonical_template = PlaneTemplate(3, C, c.plane_size, c.template_lr_multiplier) if c.template_planes else None
         self.expression_encoder = SegFormerEncoder(3, config=c.encoder, pretrained=pretrained_encoder)
         self.expression_head = Embed2Plane(E, 3, C, hidden=c.embed_hidden)
         self.appearance_encoder = SegFormerEncoder(6, config=c.encoder, pretrained=pretrained_encoder)
@@ -230,7 +236,8 @@ class OneShotAvatar(nn.Module):
 
     def canonical_planes(self, source_norm: Tensor, source_regions: Tensor) -> Tensor:
         """T_c [B, 3, C, P, P] from the normalised source with its eye/brow/mouth regions zeroed."""
-        return self.canonical_head(self.canonical_encoder(source_norm * source_regions))
+        planes = self.canonical_head(self.canonical_encoder(source_norm * source_regions))
+        return planes if self.canonical_template is None else self.canonical_template(planes)
 
     def expression_planes(self, source_coeffs: Coeffs, target_coeffs: Coeffs) -> Tensor:
         """T_e [B, 3, C, P, P] from the 3DMM's frontal render of the source identity with the target expression."""

@@ -42,6 +42,8 @@ class AvatarConfig:
     mask_dilation: int = 7  # square dilation (pixels at image_size) of the 3DMM's eye/brow/mouth masks
     erosion: int = 7  # the appearance blend mask's erosion
     shared_up: bool = False  # reproduce the released IDUpsampler's shared branch
+    template_planes: bool = False  # a learned tri-plane added to T_c (not in the paper; see models.PlaneTemplate)
+    template_lr_multiplier: float = 300.0  # its learning rate relative to the networks'
     sr_out_size: int = 512
     sr_narrow: float = 1.0
     sr_channel_multiplier: int = 2
@@ -96,7 +98,8 @@ PRESETS: dict[str, dict] = {
     # The released GOHA code: 224 x 224 main render, lifting at 128 x 128 on canonical + target expression.
     "goha-release": dict(render_resolution=224, lift_base="canonical+expression"),
     # Small enough for one training step in about a second on a 2-core CPU (tests, smoke runs, the demo).
-    "tiny": dict(image_size=128, plane_channels=16, embed_hidden=(64, 32), upsampler_hidden=32, decoder_hidden=32,
+    "tiny": dict(image_size=128, plane_channels=16, encoder="mit-tiny", encoder_channels=64, template_planes=True,
+                 embed_hidden=(64, 32), upsampler_hidden=32, decoder_hidden=32,
                  render_resolution=32, lift_resolution=32, samples=16, importance_samples=16, face_render_size=128,
                  mask_dilation=3, erosion=3, sr_out_size=128, sr_narrow=0.25, sr_channel_multiplier=1,
                  sr_style_feat=128, sr_num_mlp=2),

@@ -11,6 +11,7 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -48,8 +49,10 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 1e-4
     betas: tuple = (0.0, 0.99)
+    lr_mult: dict = field(default_factory=dict)  # learning-rate multipliers by top-level submodule, e.g. {"decoder": 10}
     d_lr: float = 5e-4
     grad_clip: float = 1000.0
+    ema: float = 0.0  # decay of a moving average of the avatar's weights (EG3D's G_ema); 0: off
     expression_start: float = 0.16  # fraction of the stage-1 steps before the expression branch's render counts
     appearance_start: float = 0.32  # ... and the full render (the released code: 120k and 240k of 750k)
     l1: float = 1.0
@@ -76,6 +79,11 @@ class TrainConfig:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         self.betas = tuple(self.betas)
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be a decay in [0, 1), got {self.ema!r}")
+        for k, v in self.lr_mult.items():
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"lr_mult[{k!r}] must be a non-negative number, got {v!r}")
 
     @classmethod
     def from_file(cls, path) -> TrainConfig:
@@ -169,8 +177,10 @@ class Trainer:
             self.model.load_state_dict(src.state_dict())
         self.model.to(self.device).set_stage(c.stage)
         self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(params, lr=c.lr, betas=c.betas)
+        self.opt = torch.optim.Adam(self._param_groups(), lr=c.lr, betas=c.betas)
+        self.ema_model = None
+        if c.ema > 0:
+            self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.disc = self.d_opt = None
         if c.stage == 2:
             self.disc = DualDiscriminator(size=avatar_config.sr_out_size, narrow=avatar_config.sr_narrow).to(self.device)
@@ -189,6 +199,20 @@ class Trainer:
         self.step = 0
         self.writer = None
 
+    def _param_groups(self) -> list[dict]:
+        """The trainable parameters, one Adam group per distinct `lr_mult` (by top-level submodule name)."""
+        c = self.config
+        children = dict(self.model.named_children())
+        unknown = sorted(set(c.lr_mult) - set(children))
+        if unknown:
+            raise ValueError(f"lr_mult names unknown submodules {unknown}; the avatar's are {sorted(children)}")
+        groups: dict[float, list] = {}
+        for name, module in children.items():
+            ps = [p for p in module.parameters() if p.requires_grad]
+            if ps:
+                groups.setdefault(float(c.lr_mult.get(name, 1.0)), []).extend(ps)
+        return [{"params": ps, "lr": c.lr * m} for m, ps in sorted(groups.items())]
+
     # -- checkpoints ---------------------------------------------------------------------------------------
     def state(self) -> dict:
         s = {"format": "oneshot-train", "step": self.step, "stage": self.config.stage, "config": self.config.to_json(),
@@ -196,17 +220,37 @@ class Trainer:
              "opt": self.opt.state_dict(), "rng_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             s["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.ema_model is not None:
+            s["ema"] = self.ema_model.state_dict()
         if self.disc is not None:
             s["disc"] = self.disc.state_dict()
             s["d_opt"] = self.d_opt.state_dict()
         return s
+
+    @property
+    def final_model(self) -> OneShotAvatar:
+        """The model to use after training: the weight average when ``ema`` > 0, else the trained model."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- ema + (1 - d) (model - ema), d = min(ema, (1 + step) / (10 + step)) (so that the random
+        initial weights fade out quickly), after the optimizer step; buffers are copied."""
+        if self.ema_model is None:
+            return
+        d = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
+            if p.requires_grad:
+                pe.lerp_(p.detach(), 1 - d)
+        for be, b in zip(self.ema_model.buffers(), self.model.buffers()):
+            be.copy_(b)
 
     def save(self) -> Path:
         path = self.out / "checkpoints" / "last.pt"
         if self.rank == 0:
             save_checkpoint_atomic(self.state(), path)
             tmp = self.out / ".avatar.safetensors.tmp"
-            self.model.save(tmp)
+            self.final_model.save(tmp)
             os.replace(tmp, self.out / "avatar.safetensors")
         return path
 
@@ -220,6 +264,10 @@ class Trainer:
             raise ValueError("the checkpoint's avatar config differs from this run's (another --config or preset?)")
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["opt"])
+        if self.ema_model is not None:
+            if "ema" not in ckpt:
+                raise ValueError("this run averages weights (ema > 0) but the checkpoint has no average")
+            self.ema_model.load_state_dict(ckpt["ema"])
         if self.disc is not None:
             self.disc.load_state_dict(ckpt["disc"])
             self.d_opt.load_state_dict(ckpt["d_opt"])
@@ -270,6 +318,7 @@ class Trainer:
             loss.backward()
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip).detach()
             self.opt.step()
+            self.update_ema()
         else:
             with autocast:
                 out = self.ddp(batch, seed=seed, super_resolve=True)
@@ -287,6 +336,7 @@ class Trainer:
             logs["gan/g"] = adv.detach()
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip).detach()
             self.opt.step()
+            self.update_ema()
             # Discriminator: logistic loss, lazy R1 on real pairs.
             real = dual_input(target, real_low)
             d_loss = d_logistic_loss(self.ddp_disc(real), self.ddp_disc(dual_input(fake.detach(), low.detach())))
