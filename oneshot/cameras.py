@@ -161,14 +161,14 @@ def frontal_label(*, device=None, dtype=torch.float32) -> Tensor:
     return camera_label(look_at(0.0, 0.0, device=device, dtype=dtype), intrinsics(device=device, dtype=dtype))
 
 
-def orbit_labels(n: int, yaw_range: float = 0.6, pitch_range: float = 0.15, *, device=None,
-                 dtype=torch.float32) -> Tensor:
-    """[n, 25] labels of a closed orbit (yaw = yaw_range * sin, pitch = pitch_range * cos over one turn), as
-    EG3D's video scripts sweep it."""
+def orbit_labels(n: int, yaw_range: float = 0.6, pitch_range: float = 0.15, *, pivot: Sequence[float] = PIVOT,
+                 radius: float = RADIUS, device=None, dtype=torch.float32) -> Tensor:
+    """[n, 25] labels of a closed orbit (yaw = yaw_range * sin, pitch = pitch_range * cos over one turn) looking at
+    `pivot` (:func:`look_at`), as EG3D's video scripts sweep it."""
     if not (isinstance(n, numbers.Integral) and n >= 1):
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     t = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
-    c2w = look_at(yaw_range * torch.sin(t), pitch_range * torch.cos(t), device=device, dtype=dtype)
+    c2w = look_at(yaw_range * torch.sin(t), pitch_range * torch.cos(t), radius, pivot, device=device, dtype=dtype)
     return camera_label(c2w, intrinsics(device=device, dtype=dtype))
 
 

@@ -112,3 +112,15 @@ def test_project_inverts_rays():
     want = torch.stack([j.reshape(-1) + 0.5, i.reshape(-1) + 0.5], dim=-1).expand(2, 24, 2)
     assert_close(uv, want, atol=1e-9)
     assert (z > 0).all()
+
+
+def test_orbit_labels_look_at_their_pivot():
+    pivot = (0.0, 0.05, -0.15)
+    c2w, _ = cam.split_label(cam.orbit_labels(8, pivot=pivot))
+    origin, forward = c2w[:, :3, 3], c2w[:, :3, 2]
+    to_pivot = torch.tensor(pivot) - origin
+    to_pivot = to_pivot / to_pivot.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(forward, to_pivot)  # every camera's axis goes through the pivot
+    torch.testing.assert_close(origin.norm(dim=-1), torch.full((8,), 2.7))  # on EG3D's orbit about the origin
+    assert torch.equal(cam.orbit_labels(8), cam.orbit_labels(8, pivot=cam.PIVOT))
+    assert not torch.equal(cam.orbit_labels(8), cam.orbit_labels(8, pivot=pivot))

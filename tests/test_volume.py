@@ -158,3 +158,25 @@ def test_unstratified_rendering_is_deterministic_without_a_generator():
     bins = torch.linspace(0, 1, 5).expand(1, 5)
     assert torch.allclose(sample_pdf(bins, torch.ones(1, 4), 5, deterministic=True), torch.linspace(0, 1, 5)[None],
                           atol=1e-4)
+
+
+def test_clip_to_box_empties_space_outside_the_planes_box():
+    def dense(feats):  # raw density 10 everywhere, grey
+        return torch.full(feats.shape[:-1], 10.0), torch.full((*feats.shape[:-1], 3), 0.5)
+
+    planes = torch.zeros(1, 3, 3, 4, 4)
+    # Along +z from z = -2.7: one ray through the box's centre (inside for depths in [2.2, 3.2]), one at x = 0.8
+    # (never inside the box [-0.5, 0.5]^3).
+    origins = torch.tensor([[[0.0, 0.0, -2.7], [0.8, 0.0, -2.7]]])
+    dirs = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])
+    kw = dict(samples=32, importance_samples=0, stratified=False)
+    _, _, plain = VolumeRenderer(RenderSettings(**kw)).render_rays(planes, dense, origins, dirs)
+    feats, depth, clipped = VolumeRenderer(RenderSettings(**kw, clip_to_box=True)).render_rays(planes, dense, origins,
+                                                                                               dirs)
+    assert plain.min() > 0.99  # without clipping the whole ray range is dense
+    assert clipped[0, 1] == 0 and torch.equal(feats[0, 1], torch.full((3,), -1.0))  # empty: the background
+    assert clipped[0, 0] > 0.99 and depth[0, 0] < 2.5  # inside the box, the centre ray still hits at the front
+    # A box that holds the whole ray range clips nothing.
+    _, _, wide = VolumeRenderer(RenderSettings(**kw, clip_to_box=True, box_warp=8.0)).render_rays(planes, dense,
+                                                                                                  origins, dirs)
+    torch.testing.assert_close(wide, plain)

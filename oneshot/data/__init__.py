@@ -2,6 +2,6 @@
 (:mod:`oneshot.data.synth`)."""
 
 from .format import FORMAT, FaceDataset, FormatError, SampleWriter
-from .synth import synthesize
+from .synth import head_pivot, synthesize
 
-__all__ = ["FaceDataset", "FormatError", "SampleWriter", "FORMAT", "synthesize"]
+__all__ = ["FaceDataset", "FormatError", "SampleWriter", "FORMAT", "synthesize", "head_pivot"]

@@ -14,7 +14,7 @@ from .. import cameras
 from ..face3d import Coeffs, MorphableModel, load_model, render
 from .format import SampleWriter
 
-__all__ = ["synthesize", "YAW_RANGE", "PITCH_RANGE"]
+__all__ = ["synthesize", "head_pivot", "YAW_RANGE", "PITCH_RANGE"]
 
 YAW_RANGE = math.radians(45.0)
 PITCH_RANGE = math.radians(20.0)
@@ -45,6 +45,13 @@ def _sample_coeffs(model: MorphableModel, identity: torch.Tensor, albedo: torch.
     return c
 
 
+def head_pivot(model: MorphableModel) -> tuple[float, float, float]:
+    """The point synthetic cameras look at: the centre of the model's mean-shape bounding box (EG3D's pivot
+    (0, 0, 0.2) suits its cropped FFHQ heads, not a face-centred 3DMM turned by +-45 degrees). Orbit around it
+    (``cameras.orbit_labels(..., pivot=head_pivot(model))``) to keep a synthetic head in the frame."""
+    return tuple(float(x) for x in (model.mean.amax(0) + model.mean.amin(0)) / 2)
+
+
 def synthesize(out, n: int, *, model: MorphableModel | None = None, model_path=None, resolution: int = 512,
                seed: int = 0, per_identity: int = 4, progress: bool = True) -> int:
     """Write `n` samples to directory `out` (:mod:`oneshot.data.format`); returns the number written.
@@ -60,7 +67,7 @@ def synthesize(out, n: int, *, model: MorphableModel | None = None, model_path=N
     # The orbit's centre: the head's bounding-box centre, so that turned heads stay in the frame (EG3D's
     # pivot (0, 0, 0.2) suits its cropped FFHQ heads, not a face-centred 3DMM at +-45 degrees). The labels
     # record the actual cameras.
-    pivot = tuple(float(x) for x in (model.mean.amax(0) + model.mean.amin(0)) / 2)
+    pivot = head_pivot(model)
     g = torch.Generator().manual_seed(int(seed))
     start = time.time()
     written = 0

@@ -36,6 +36,7 @@ class AvatarConfig:
     ray_end: float = 3.3
     stratified: bool = True  # random sample placement (EG3D); False: evenly spaced, fully deterministic renders
     lift_base: str = "canonical"  # "canonical" (the paper's text) or "canonical+expression" (the released code)
+    clip_to_box: bool = False  # no density outside the tri-planes' box (RenderSettings.clip_to_box; not EG3D's)
     drop_empty_rays: bool = False  # lifting: ignore rays whose opacity is below `empty_ray_opacity`
     empty_ray_opacity: float = 0.5
     face_render_size: int = 224  # the 3DMM renders
@@ -99,7 +100,7 @@ PRESETS: dict[str, dict] = {
     "goha-release": dict(render_resolution=224, lift_base="canonical+expression"),
     # Small enough for one training step in about a second on a 2-core CPU (tests, smoke runs, the demo).
     "tiny": dict(image_size=128, plane_channels=16, encoder="mit-tiny", encoder_channels=64, template_planes=True,
-                 embed_hidden=(64, 32), upsampler_hidden=32, decoder_hidden=32,
+                 clip_to_box=True, embed_hidden=(64, 32), upsampler_hidden=32, decoder_hidden=32,
                  render_resolution=32, lift_resolution=32, samples=16, importance_samples=16, face_render_size=128,
                  mask_dilation=3, erosion=3, sr_out_size=128, sr_narrow=0.25, sr_channel_multiplier=1,
                  sr_style_feat=128, sr_num_mlp=2),

@@ -29,6 +29,8 @@ class RenderSettings:
     chunk: int | None = None  # rays per pass (None: all at once); bounds the memory of large renders
     stratified: bool = True  # jitter the coarse depths and draw the importance u at random (EG3D); False:
     # evenly spaced depths and u (EG3D's det=True): a fully deterministic render, e.g. flicker-free video
+    clip_to_box: bool = False  # no density outside the planes' box (EG3D: the decoder's output for zero features,
+    # which shows as grey floaters at the sides of large-yaw views of briefly trained models)
 
     def __post_init__(self):
         if self.samples < 2 or self.importance_samples < 0:
@@ -113,6 +115,9 @@ class VolumeRenderer(nn.Module):
         s = self.settings
         feats = triplane_sample(planes, pts, box_warp=s.box_warp, axes=s.axes, backend=self.backend)
         sigma, color = decoder(feats)
+        if s.clip_to_box:  # softplus(-1e4) == 0: empty outside [-box_warp/2, box_warp/2]^3
+            inside = pts.abs().amax(-1) <= s.box_warp / 2
+            sigma = torch.where(inside.reshape(sigma.shape), sigma, sigma.new_tensor(-1e4))
         return color.reshape(B, R, S, -1), sigma.reshape(B, R, S)
 
     def render_rays(self, planes: Tensor, decoder: nn.Module, origins: Tensor, dirs: Tensor, *,

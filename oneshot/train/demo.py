@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import cameras
-from ..data import FaceDataset, synthesize
+from ..data import FaceDataset, head_pivot, synthesize
 from ..face3d import builtin_model
 from ..imageio import write_png
 from ..models import AvatarConfig, OneShotAvatar
@@ -23,7 +23,7 @@ from .data import collate_pairs
 from .report import image_grid, plot_curves, psnr, ssim, to_uint8
 from .trainer import TrainConfig, Trainer
 
-__all__ = ["run_demo", "evaluate"]
+__all__ = ["run_demo", "evaluate", "write_orbit"]
 
 
 def _resize(x, size):
@@ -78,6 +78,27 @@ def _write_gif(path: Path, frames: list[np.ndarray], fps: float = 12) -> None:
 
     ims = [Image.fromarray(f) for f in frames]
     ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
+
+
+@torch.no_grad()
+def write_orbit(model: OneShotAvatar, ds: FaceDataset, out, *, frames: int = 36, seed: int = 0, size: int = 128,
+                index: int = 0) -> list[np.ndarray]:
+    """Novel views of the first sample of identity `index` (its own expression) on an orbit around the synthetic
+    heads' pivot: ``out/orbit.gif`` and six of its frames side by side in ``out/orbit_frames.png``."""
+    out = Path(out)
+    members = list(ds.identities.values())[index]
+    b = collate_pairs(ds, [(members[0], members[0])], model.face_model)
+    avatar = model.eval().reconstruct(b["source_image"], b["source_camera"], b["source_coeffs"], seed=seed)
+    n = max(frames, 6)
+    cams = cameras.orbit_labels(n, yaw_range=0.6, pitch_range=0.15, pivot=head_pivot(model.face_model))
+    images = []
+    for k in range(n):
+        anim = model.animate(avatar, b["source_coeffs"], cams[k:k + 1], super_resolve=False, seed=seed)
+        images.append(to_uint8(F.interpolate(anim.features[:, :3].clamp(-1, 1), size=(size, size), mode="bilinear",
+                                             align_corners=False)[0]))
+    _write_gif(out / "orbit.gif", images)
+    write_png(out / "orbit_frames.png", np.concatenate(images[:: n // 6][:6], axis=1))
+    return images
 
 
 def run_demo(out, minutes: float = 10.0, *, seed: int = 0, n_train: int = 384, n_test: int = 32,
@@ -159,19 +180,7 @@ def run_demo(out, minutes: float = 10.0, *, seed: int = 0, n_train: int = 384, n
             rows.append([_resize(b["source_image"], show)[0], _resize(b["target_image"], show)[0],
                          F.interpolate(anim.features[:, :3].clamp(-1, 1), size=(show, show), mode="nearest")[0]])
         write_png(rep / "cross_reenactment.png", image_grid(rows))
-        # Novel-view orbit of the first held-out source (its own expression).
-        b = collate_pairs(test_ds, [(ids[0][0], ids[0][0])], face)
-        avatar = model.reconstruct(b["source_image"], b["source_camera"], b["source_coeffs"], seed=seed)
-        n_frames = max(orbit_frames, 6)
-        cams = cameras.orbit_labels(n_frames, yaw_range=0.6, pitch_range=0.15)
-        coeffs = b["source_coeffs"]
-        frames = []
-        for k in range(n_frames):
-            anim = model.animate(avatar, coeffs, cams[k:k + 1], super_resolve=False, seed=seed)
-            frames.append(to_uint8(F.interpolate(anim.features[:, :3].clamp(-1, 1), size=(show, show),
-                                                 mode="bilinear", align_corners=False)[0]))
-        _write_gif(rep / "orbit.gif", frames)
-        write_png(rep / "orbit_frames.png", np.concatenate(frames[:: n_frames // 6][:6], axis=1))
+    write_orbit(model, test_ds, rep, frames=orbit_frames, seed=seed, size=show)
 
     history = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines() if line.strip()]
     series = {}
