@@ -6,6 +6,7 @@
     oneshot reconstruct --checkpoint CKPT SOURCE.png --out DIR ...
     oneshot animate --checkpoint CKPT SOURCE.png DRIVING --out OUT.mp4 ...
     oneshot demo [--out DIR] [--minutes M]
+    oneshot convert-goha GOHA.ckpt OUT.safetensors [--face-model PATH]
 
 Multi-GPU training: ``torchrun --nproc_per_node N -m oneshot train ...``.
 """
@@ -66,6 +67,23 @@ def _train(a) -> int:
     return 0
 
 
+def _convert_goha(a) -> int:
+    from pathlib import Path
+
+    from .face3d import load_model
+    from .models.convert import load_goha_checkpoint
+
+    out = Path(a.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"OUT must be a .safetensors file, got {str(out)!r}")
+    model = load_goha_checkpoint(a.checkpoint, load_model(a.face_model))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    print(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters, preset goha-release, "
+          f"shared_up); use it with oneshot reconstruct|animate --checkpoint")
+    return 0
+
+
 def _demo(a) -> int:
     from .train.demo import run_demo
 
@@ -116,6 +134,13 @@ def main(argv=None) -> int:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)
+    g = sub.add_parser("convert-goha", help="the released GOHA checkpoint as a oneshot avatar (.safetensors)")
+    g.add_argument("checkpoint", help="GOHA's checkpoint825000.ckpt (or its model_state_dict)")
+    g.add_argument("out", help="the avatar file to write (.safetensors)")
+    g.add_argument("--face-model", default=None,
+                   help="the morphable model the avatar will take coefficients of (default: the built-in one; "
+                        "GOHA used the BFM: BFM_model_front.mat)")
+    g.set_defaults(func=_convert_goha)
     a = p.parse_args(argv)
     try:
         return a.func(a)
