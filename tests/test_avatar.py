@@ -52,6 +52,13 @@ def test_config_presets_and_json():
         AvatarConfig.preset_config("nope")
     with pytest.raises(ValueError, match=r"lift_base must be one of"):
         AvatarConfig(lift_base="expression")
+    assert AvatarConfig.preset_config("tiny").encoder_channels == 64  # mit-tiny's head width, derived
+    assert AvatarConfig().encoder_channels == 256
+    with pytest.raises(ValueError, match=r"encoder_channels must be the 'mit-tiny' SegFormer's head width 64 \(or "
+                                         r"None\), got 256"):
+        AvatarConfig(encoder="mit-tiny", encoder_channels=256)
+    with pytest.raises(ValueError, match=r"encoder must be one of \[.*'mit-tiny'\], got 'mit-b9'"):
+        AvatarConfig(encoder="mit-b9")
     with pytest.raises(ValueError, match=r"unknown fields \['bogus'\]"):
         AvatarConfig.from_json('{"bogus": 1}')
 

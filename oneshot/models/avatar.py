@@ -110,9 +110,6 @@ class OneShotAvatar(nn.Module):
         self.__dict__["face_model"] = face_model  # not a submodule: its buffers stay out of the state dict
         C, E = c.plane_channels, c.encoder_channels
         self.canonical_encoder = SegFormerEncoder(3, config=c.encoder, pretrained=pretrained_encoder)
-        if self.canonical_encoder.out_channels != E:
-            raise ValueError(f"encoder_channels must equal the {c.encoder!r} SegFormer's decoder_hidden_size "
-                             f"{self.canonical_encoder.out_channels}, got {E}")
         self.canonical_head = Embed2Plane(E, 3, C, hidden=c.embed_hidden)
         self.canonical_template = PlaneTemplate(3, C, c.plane_size, c.template_lr_multiplier) if c.template_planes else None
         self.expression_encoder = SegFormerEncoder(3, config=c.encoder, pretrained=pretrained_encoder)

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .encoders import SEGFORMER_PRESETS
+
 __all__ = ["AvatarConfig", "PRESETS", "LIFT_BASES"]
 
 LIFT_BASES = ("canonical", "canonical+expression")
@@ -23,8 +25,8 @@ class AvatarConfig:
     preset: str = "paper"
     image_size: int = 512  # source/target images [B, 3, S, S] in [-1, 1]
     plane_channels: int = 32  # C of the tri-planes [B, 3, C, S/2, S/2]
-    encoder: str = "mit-b0"  # SegFormer configuration
-    encoder_channels: int = 256  # the decode head's width
+    encoder: str = "mit-b0"  # SegFormer configuration (a name in models.SEGFORMER_PRESETS)
+    encoder_channels: int | None = None  # the decode head's width; None: the encoder's (256 for mit-b0)
     embed_hidden: tuple = (256, 128)  # embed-to-plane conv widths
     upsampler_hidden: int = 128  # appearance plane upsampler width
     decoder_hidden: int = 64
@@ -65,6 +67,14 @@ class AvatarConfig:
         if self.plane_channels < 3:
             raise ValueError(f"plane_channels must be >= 3 (the first three are RGB), got {self.plane_channels}")
         self.embed_hidden = tuple(self.embed_hidden)
+        if self.encoder not in SEGFORMER_PRESETS:
+            raise ValueError(f"encoder must be one of {sorted(SEGFORMER_PRESETS)}, got {self.encoder!r}")
+        width = SEGFORMER_PRESETS[self.encoder]["decoder_hidden_size"]
+        if self.encoder_channels is None:
+            self.encoder_channels = width
+        elif self.encoder_channels != width:
+            raise ValueError(f"encoder_channels must be the {self.encoder!r} SegFormer's head width {width} (or None), "
+                             f"got {self.encoder_channels}")
 
     @property
     def plane_size(self) -> int:
@@ -99,7 +109,7 @@ PRESETS: dict[str, dict] = {
     # The released GOHA code: 224 x 224 main render, lifting at 128 x 128 on canonical + target expression.
     "goha-release": dict(render_resolution=224, lift_base="canonical+expression"),
     # Small enough for one training step in about a second on a 2-core CPU (tests, smoke runs, the demo).
-    "tiny": dict(image_size=128, plane_channels=16, encoder="mit-tiny", encoder_channels=64, template_planes=True,
+    "tiny": dict(image_size=128, plane_channels=16, encoder="mit-tiny", template_planes=True,
                  clip_to_box=True, embed_hidden=(64, 32), upsampler_hidden=32, decoder_hidden=32,
                  render_resolution=32, lift_resolution=32, samples=16, importance_samples=16, face_render_size=128,
                  mask_dilation=3, erosion=3, sr_out_size=128, sr_narrow=0.25, sr_channel_multiplier=1,

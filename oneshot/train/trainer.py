@@ -82,7 +82,7 @@ class TrainConfig:
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be a decay in [0, 1), got {self.ema!r}")
         for k, v in self.lr_mult.items():
-            if not isinstance(v, (int, float)) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"lr_mult[{k!r}] must be a non-negative number, got {v!r}")
 
     @classmethod
