@@ -1,0 +1,448 @@
+"""The CUDA kernels, executed: csrc/*/*_cuda.cu compiled by g++ against a CPU model of CUDA's execution
+(tests/cuda_emu), registered as ``torch.ops.oneshot_emu.*`` on CPU tensors, and checked against the reference
+(float64 oracle) and the native CPU kernels.
+
+This runs on every machine, GPU or not. It exercises the kernels' own indexing, vector widths, thread groups
+and shuffles, shared-memory tiling, barriers, point-range splitting and merge, reverse sweeps, scratch paths
+and dtype handling; the emulator refuses barrier and shuffle misuse that CUDA leaves undefined. It cannot show
+speed, the memory model of real hardware, nvcc's code generation or CUDA's libm: tests/test_cuda.py does that
+on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import assert_close
+from cuda_emu import build as emu_build
+from oneshot import ops
+from oneshot.ops import reference
+from oneshot.ops.triplane import channels_last
+from test_cuda import AXES, DTYPES, close, cloud, geom_dtype, rays, tri_inputs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def emulated_kernels():
+    emu_build.load()
+    yield
+    torch.ops.oneshot_emu._set_sm_count(132)
+
+
+def E():
+    return torch.ops.oneshot_emu
+
+
+def launches(name: str) -> list[str]:
+    return [r for r in E()._launch_log() if r.startswith(name)]
+
+
+def grid_x(record: str) -> int:
+    return int(record.split(" grid=")[1].split(",")[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the emulator itself
+
+
+@pytest.mark.parametrize("which,want", [
+    ("warp_sum", [496.0] * 32 + [1520.0] * 32 + [496.0] * 32 + [1520.0] * 32 + [496.0] * 32 + [1520.0] * 32),
+    ("block_sum", [7979.0, 7979.0]),
+    ("atomic", [334.0, 334.0, 333.0]),
+])
+def test_emulator_computes_what_cuda_computes(which, want):
+    assert E()._selftest(which).tolist() == want
+
+
+def test_emulator_poisons_dynamic_shared_memory():
+    out = E()._selftest("dynamic_shared")
+    assert bool(out[:64].isnan().all())  # read before written
+    assert out[64:].tolist() == [float(2 * (63 - i)) for i in range(64)]
+
+
+@pytest.mark.parametrize("which,match", [
+    ("exit_before_barrier", "__syncthreads reached by 48 threads while 16 threads of the block exited"),
+    ("shuffle_with_exited_lane", "lane 3 exited while the lanes of mask 0xffffffff wait"),
+    ("lane_outside_mask", "mask 0x1 called by lane 1, outside the mask"),
+    ("divergent_barrier", "divergent barrier"),
+    ("too_many_threads", "invalid block"),
+    ("too_much_shared", "over the 48 KiB"),
+])
+def test_emulator_refuses_undefined_behaviour(which, match):
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        E()._selftest(which)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# autograd over the emulated kernels (the same calls oneshot/ops makes to the native ops)
+
+
+class Triplane(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, planes, points, box_warp, axes, reduce):
+        pl = channels_last(planes)
+        ctx.save_for_backward(pl, points)
+        ctx.args = (box_warp, axes, reduce)
+        return E().triplane_sample(pl, points, box_warp, axes, reduce)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pl, pts = ctx.saved_tensors
+        need_p, need_x = ctx.needs_input_grad[:2]
+        gp, gx = E().triplane_sample_backward(grad.contiguous(), pl, pts, *ctx.args, need_p, need_x)
+        return (gp if need_p else None), (gx if need_x else None), None, None, None
+
+
+def triplane(planes, points, reduce="mean", box_warp=1.0, axes=AXES):
+    return Triplane.apply(planes, points, box_warp, axes, reduce)
+
+
+class RayMarch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, colors, densities, depths, bias, white):
+        ctx.save_for_backward(colors, densities, depths)
+        ctx.args = (bias, white)
+        ctx.set_materialize_grads(False)
+        return E().ray_march(colors, densities, depths, bias, white)
+
+    @staticmethod
+    def backward(ctx, gf, gd, go, gw):
+        c, s, t = ctx.saved_tensors
+        gc, gs = E().ray_march_backward(gf, gd, go, gw, c, s, t, *ctx.args)
+        return gc, gs, None, None, None
+
+
+def ray_march(colors, densities, depths, bias=-1.0, white=False):
+    return RayMarch.apply(colors, densities, depths, bias, white)
+
+
+class Rasterize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, points, features, H, W, box_warp, axes, valid, max_distance, align_corners):
+        planes, index = E().rasterize_points(points, features, H, W, box_warp, axes, valid, max_distance,
+                                             align_corners)
+        ctx.save_for_backward(index)
+        ctx.num_points = points.shape[1]
+        ctx.mark_non_differentiable(index)
+        return planes, index
+
+    @staticmethod
+    def backward(ctx, grad_planes, _):
+        (index,) = ctx.saved_tensors
+        return (None, E().rasterize_points_backward(grad_planes.contiguous(), index, ctx.num_points)) + (None,) * 7
+
+
+def rasterize(points, features, H, W, box_warp=1.0, axes=AXES, valid=None, max_distance=None, align_corners=False):
+    return Rasterize.apply(points, features, H, W, box_warp, axes, valid, max_distance, align_corners)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# triplane_sample
+
+
+def check_triplane(planes, points, dtype, reduce="mean", grads=(True, True), seed=0):
+    planes = planes.detach().requires_grad_(grads[0])
+    points = points.detach().requires_grad_(grads[1])
+    out = triplane(planes, points, reduce)
+    assert out.dtype == dtype
+    rp = planes.detach().double().requires_grad_()
+    rx = points.detach().double().requires_grad_()
+    want = reference.triplane_sample(rp, rx, reduce=reduce)
+    close(out, want, dtype, scale=3.0, name="out")
+    if out.numel() == 0:
+        return
+    cot = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    inputs = [t for t, g in zip((planes, points), grads) if g]
+    got = torch.autograd.grad(out, inputs, cot.to(dtype))
+    exp = dict(zip(("planes", "points"), torch.autograd.grad(want, (rp, rx), cot)))
+    C, H, W = planes.shape[2:]
+    scales = {"planes": float(cot.abs().max()) * 4, "points": float(cot.abs().max()) * max(H, W) * C * 4}
+    for name, g in zip([n for n, w in zip(("planes", "points"), grads) if w], got):
+        assert g.dtype == (dtype if name == "planes" else geom_dtype(dtype))
+        close(g, exp[name], dtype, scale=scales[name], name=f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduce", ["mean", "sum", "none"])
+@pytest.mark.parametrize("B,C,H,W,M", [(1, 1, 1, 1, 5), (2, 3, 5, 7, 33), (1, 32, 6, 5, 41), (2, 33, 9, 31, 20),
+                                       (1, 8, 4, 6, 70), (1, 16, 3, 3, 9)])
+def test_triplane_matches_reference(dtype, reduce, B, C, H, W, M):
+    planes, points = tri_inputs(B, C, H, W, M, dtype, seed=C + M, device="cpu")
+    check_triplane(planes, points, dtype, reduce, seed=M)
+
+
+@pytest.mark.parametrize("grads", [(True, False), (False, True)])
+def test_triplane_one_gradient(grads):
+    planes, points = tri_inputs(2, 12, 7, 6, 30, torch.float32, seed=4, device="cpu")
+    check_triplane(planes, points, torch.float32, "sum", grads=grads)
+
+
+@pytest.mark.parametrize("dtype,C,vw", [(torch.float32, 32, 4), (torch.float32, 33, 1), (torch.float16, 16, 8),
+                                        (torch.bfloat16, 24, 8), (torch.float64, 6, 2), (torch.float64, 5, 1)])
+def test_triplane_vector_width_and_groups(dtype, C, vw):
+    """16-byte vectors when C and the pointers allow, scalar otherwise; a group of threads per point."""
+    planes, points = tri_inputs(1, C, 5, 4, 64, dtype, seed=C, device="cpu")
+    E()._clear_launch_log()
+    check_triplane(planes, points, dtype, "none")
+    steps = -(-C // vw)
+    gs = 1
+    while gs < 32 and gs < steps:
+        gs *= 2
+    want_blocks = -(-64 // (256 // gs))
+    fwd, bwd = launches("triplane_forward_kernel"), launches("triplane_backward_kernel")
+    assert len(fwd) == 1 and len(bwd) == 1
+    assert grid_x(fwd[0]) == want_blocks and grid_x(bwd[0]) == want_blocks, (fwd, bwd)
+
+
+def test_triplane_misaligned_planes_fall_back_to_scalar_loads():
+    planes, points = tri_inputs(1, 8, 4, 4, 40, torch.float32, seed=2, device="cpu")
+    cl = planes.permute(0, 1, 3, 4, 2).contiguous()
+    storage = torch.empty(cl.numel() + 1)
+    shifted = storage[1:].view(cl.shape)  # 4 bytes past a 16-byte boundary
+    shifted.copy_(cl)
+    assert shifted.data_ptr() % 16 != 0
+    E()._clear_launch_log()
+    out = E().triplane_sample(shifted.permute(0, 1, 4, 2, 3), points, 1.0, AXES, "mean")
+    close(out, reference.triplane_sample(planes.double(), points.double()), torch.float32, scale=3.0)
+    assert grid_x(launches("triplane_forward_kernel")[0]) == -(-40 // (256 // 8))  # scalar: 8 threads a point
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "strided_points"])
+def test_triplane_non_contiguous(layout):
+    planes, points = tri_inputs(2, 8, 12, 10, 50, torch.float32, seed=5, device="cpu")
+    if layout == "strided_points":
+        points = torch.cat([points, points], dim=-1)[..., ::2]
+        assert not points.is_contiguous()
+    # channels_first: planes stay [B, 3, C, H, W]-contiguous and go to the op without the wrapper's conversion
+    out = E().triplane_sample(planes, points, 1.0, AXES, "mean")
+    close(out, reference.triplane_sample(planes.double(), points.double()), torch.float32, scale=3.0)
+
+
+def test_triplane_gradcheck():
+    planes, points = tri_inputs(1, 3, 4, 5, 6, torch.float64, seed=7, device="cpu")
+    f = lambda p, x: triplane(p, x, "none")  # noqa: E731
+    assert torch.autograd.gradcheck(f, (planes.requires_grad_(), (points * 0.8).requires_grad_()))
+
+
+@given(B=st.integers(1, 2), C=st.integers(1, 40), H=st.integers(1, 9), W=st.integers(1, 9), M=st.integers(1, 40),
+       dtype=st.sampled_from(DTYPES), reduce=st.sampled_from(["mean", "sum", "none"]))
+def test_triplane_drawn_shapes(B, C, H, W, M, dtype, reduce):
+    planes, points = tri_inputs(B, C, H, W, M, dtype, seed=B * C * H * W * M, device="cpu")
+    check_triplane(planes, points, dtype, reduce)
+
+
+def test_triplane_empty_inputs():
+    planes, points = tri_inputs(1, 4, 5, 5, 0, torch.float32, device="cpu")
+    assert E().triplane_sample(planes, points, 1.0, AXES, "mean").shape == (1, 0, 4)
+    planes, points = tri_inputs(1, 0, 5, 5, 7, torch.float32, device="cpu")
+    assert E().triplane_sample(planes, points, 1.0, AXES, "none").shape == (1, 3, 7, 0)
+    gp, gx = E().triplane_sample_backward(torch.zeros(1, 7, 0), planes, points, 1.0, AXES, "mean", True, True)
+    assert gp.shape == planes.shape and bool((gx == 0).all())
+
+
+def test_triplane_deterministic_mode_reports_the_atomic_backward():
+    planes, points = tri_inputs(1, 4, 8, 8, 20, torch.float32, device="cpu")
+    out = triplane(planes.requires_grad_(), points)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="triplane_sample_backward"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ray_march
+
+
+def check_ray_march(colors, dens, depths, dtype, white=False, which=(0, 1, 2, 3), seed=0):
+    colors = colors.detach().requires_grad_()
+    dens = dens.detach().requires_grad_()
+    out = ray_march(colors, dens, depths, -1.0, white)
+    gdt = geom_dtype(dtype)
+    assert out[0].dtype == dtype and out[1].dtype == gdt
+    rc = colors.detach().double().requires_grad_()
+    rd = dens.detach().double().requires_grad_()
+    want = reference.ray_march(rc, rd, depths.double(), -1.0, white)
+    S, C = colors.shape[-2:]
+    close(out[0], want[0], dtype, scale=2.0, name="features")
+    close(out[2], want[2], gdt, scale=float(S), name="opacity")
+    close(out[3], want[3], gdt, scale=float(S), name="weights")
+    ok = want[2] > 1e-3
+    min_op = float(want[2][ok].detach().min()) if ok.any() else 1.0
+    close(out[1][ok], want[1][ok], gdt, scale=float(S) * 3 / min_op, name="depth")
+    g = torch.Generator().manual_seed(seed)
+    cots = [torch.randn(w.shape, generator=g, dtype=torch.float64) for w in want]
+    outs = [out[i] for i in which]
+    got = torch.autograd.grad(outs, (colors, dens), [cots[i].to(out[i].dtype) for i in which], allow_unused=True)
+    exp = torch.autograd.grad([want[i] for i in which], (rc, rd), [cots[i] for i in which], allow_unused=True)
+    exp = [torch.zeros_like(t) if e is None else e for e, t in zip(exp, (rc, rd))]
+    got = [torch.zeros_like(t) if e is None else e for e, t in zip(got, (colors, dens))]
+    assert got[0].dtype == dtype and got[1].dtype == gdt
+    close(got[0], exp[0], dtype, scale=float(cots[0].abs().max()) * 2, name="grad colors")
+    scale = float(sum(cots[i].abs().max() for i in which)) * S * C / max(min_op, 1e-3)
+    close(got[1], exp[1], gdt, scale=scale, name="grad densities")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("white", [False, True])
+@pytest.mark.parametrize("lead,S,C,regime", [((7,), 2, 1, "moderate"), ((3, 5), 17, 3, "dense"),
+                                             ((6,), 40, 32, "moderate"), ((5,), 33, 33, "sparse"),
+                                             ((4,), 9, 65, "moderate"), ((3,), 12, 130, "dense"),
+                                             ((2,), 7, 300, "moderate")])
+def test_ray_march_matches_reference(dtype, white, lead, S, C, regime):
+    """C covers every register tiling of the forward (1, 2, 4, 8 chunks of 32 channels, and blocks past 256)."""
+    colors, dens, depths = rays(lead, S, C, dtype, seed=S * C, regime=regime, device="cpu")
+    check_ray_march(colors, dens, depths, dtype, white, seed=S)
+
+
+@pytest.mark.parametrize("which", [(0,), (1,), (2,), (3,), (1, 3)])
+def test_ray_march_partial_gradients(which):
+    """Absent incoming gradients arrive as None (nullptr in the kernel)."""
+    colors, dens, depths = rays((11,), 14, 5, torch.float32, seed=3, device="cpu")
+    check_ray_march(colors, dens, depths, torch.float32, white=True, which=which, seed=len(which))
+
+
+@pytest.mark.parametrize("dtype,S", [(torch.float32, 1600), (torch.float64, 800)])
+def test_ray_march_long_rays_use_global_scratch(dtype, S):
+    """2 S values per warp no longer fit 48 KiB for 4 warps: the scratch moves to global memory."""
+    colors, dens, depths = rays((3,), S, 2, dtype, seed=2, regime="sparse", device="cpu")
+    colors.requires_grad_()
+    dens.requires_grad_()
+    E()._clear_launch_log()
+    out = ray_march(colors, dens, depths)
+    g = torch.autograd.grad(out[0].sum() + out[2].sum(), (colors, dens))
+    assert launches("ray_march_backward_kernel")[0].endswith("smem=0")
+    c, d = colors.detach().requires_grad_(), dens.detach().requires_grad_()
+    want = ops.ray_march(c, d, depths, backend="native")
+    e = torch.autograd.grad(want.features.sum() + want.opacity.sum(), (c, d))
+    close(out[2], want.opacity, dtype, scale=float(S))
+    close(g[0], e[0], dtype, scale=2.0)
+    close(g[1], e[1], dtype, scale=float(S))
+
+
+def test_ray_march_short_rays_use_shared_scratch():
+    colors, dens, depths = rays((9,), 20, 4, torch.float32, seed=1, device="cpu")
+    E()._clear_launch_log()
+    out = ray_march(colors.requires_grad_(), dens, depths)
+    out[0].sum().backward()
+    assert launches("ray_march_backward_kernel")[0].endswith(f"smem={2 * 20 * 4 * 4}")
+
+
+def test_ray_march_gradcheck():
+    colors, dens, depths = rays((3,), 6, 2, torch.float64, seed=4, device="cpu")
+    f = lambda c, s: tuple(ray_march(c, s, depths, -1.0, True))  # noqa: E731
+    assert torch.autograd.gradcheck(f, (colors.requires_grad_(), dens.requires_grad_()))
+
+
+@given(R=st.integers(1, 9), S=st.integers(2, 40), C=st.integers(1, 70), dtype=st.sampled_from(DTYPES),
+       white=st.booleans(), regime=st.sampled_from(["moderate", "dense", "sparse"]))
+def test_ray_march_drawn_shapes(R, S, C, dtype, white, regime):
+    colors, dens, depths = rays((R,), S, C, dtype, seed=R * S * C, regime=regime, device="cpu")
+    check_ray_march(colors, dens, depths, dtype, white, seed=C)
+
+
+def test_ray_march_empty_and_multi_dim():
+    colors, dens, depths = rays((0,), 4, 3, torch.float32, device="cpu")
+    out = E().ray_march(colors, dens, depths, -1.0, False)
+    assert out[0].shape == (0, 3) and out[3].shape == (0, 3)
+    colors, dens, depths = rays((2, 3, 2), 5, 3, torch.float32, seed=9, device="cpu")
+    out = E().ray_march(colors, dens, depths, -1.0, False)
+    want = ops.ray_march(colors, dens, depths, backend="native")
+    for got, exp in zip(out, want):
+        close(got, exp, torch.float32, scale=5.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rasterize_points
+
+
+def check_raster_exact(points, features, H, W, dtype, **kw):
+    planes, index = E().rasterize_points(points, features, H, W, 1.0, AXES, kw.get("valid"), kw.get("max_distance"),
+                                         kw.get("align_corners", False))
+    want_planes, want_index = ops.rasterize_points(points, features.to(geom_dtype(dtype)), (H, W),
+                                                   backend="native", **kw)
+    assert torch.equal(index, want_index), kw  # the pinned arithmetic: the same point everywhere
+    assert planes.dtype == dtype
+    assert torch.equal(planes, want_planes.to(dtype)), kw  # a gather: exact
+    return index
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H,W,N,C", [(1, 1, 1, 1), (5, 7, 13, 3), (17, 33, 300, 35), (16, 32, 257, 2)])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_rasterize_matches_cpu_native_exactly(dtype, H, W, N, C, align_corners):
+    points, features = cloud(2, N, C, dtype, seed=H * W + N, device="cpu")
+    valid = torch.rand(2, N, generator=torch.Generator().manual_seed(1)) > 0.2
+    for kw in ({}, {"valid": valid}, {"max_distance": 0.05}):
+        check_raster_exact(points, features, H, W, dtype, align_corners=align_corners, **kw)
+
+
+@pytest.mark.parametrize("sms,B,split", [(132, 1, True), (1, 3, False)])
+def test_rasterize_point_ranges_and_merge(sms, B, split):
+    """Few cell tiles and many points: the points split into ranges merged in order; ties across ranges still
+    go to the lowest index."""
+    # Ranges only while the cell tiles (3 B here) are fewer than 8 blocks per SM.
+    points, features = cloud(B, 3000, 4, torch.float32, seed=3, device="cpu")
+    points[0, 7] = torch.tensor([0.0, 1 / 12, 0.0])  # on the centre of cell (3, 4) of plane 0 (x 2 / box_warp)
+    points[0, 2900] = points[0, 7]  # a duplicate in another range: index 7 must win its cells
+    points[0, 100, 0] = float("nan")  # never chosen
+    E()._set_sm_count(sms)
+    E()._clear_launch_log()
+    try:
+        index = check_raster_exact(points, features, 6, 9, torch.float32, max_distance=0.3)
+    finally:
+        E()._set_sm_count(132)
+    assert bool(launches("merge_kernel")) == split
+    nearest = launches("nearest_kernel")[0]
+    assert grid_x(nearest) == 3 * B * (3 if split else 1), nearest  # 3 B tiles, x 3 ranges of 1024 points
+    assert not bool((index == 2900).any()) and not bool((index == 100).any())
+    assert int(index[0, 0, 3, 4]) == 7
+
+
+def test_rasterize_ties_go_to_the_lowest_index():
+    pts = torch.tensor([[[0.1, 0.1, 0.1]] * 5])
+    feats = torch.arange(5.0).reshape(1, 5, 1)
+    _, index = E().rasterize_points(pts, feats, 8, 8, 1.0, AXES, None, None, False)
+    assert bool((index == 0).all())
+
+
+@given(B=st.integers(1, 2), N=st.integers(1, 300), C=st.integers(1, 20), H=st.integers(1, 40),
+       W=st.integers(1, 40), dtype=st.sampled_from(DTYPES), align_corners=st.booleans())
+def test_rasterize_drawn_shapes(B, N, C, H, W, dtype, align_corners):
+    points, features = cloud(B, N, C, dtype, seed=B * N * C + H * W, device="cpu")
+    check_raster_exact(points, features, H, W, dtype, align_corners=align_corners)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C", [1, 9, 35])
+def test_rasterize_backward(dtype, C):
+    points, features = cloud(2, 150, C, dtype, seed=8 + C, device="cpu")
+    features.requires_grad_()
+    planes, index = rasterize(points, features, 12, 10)
+    cot = torch.randn(planes.shape, generator=torch.Generator().manual_seed(C)).to(dtype)
+    (got,) = torch.autograd.grad(planes, features, cot)
+    ref_f = features.detach().double().requires_grad_()
+    want_planes, _ = reference.rasterize_points(points.double(), ref_f, (12, 10))
+    (want,) = torch.autograd.grad(want_planes, ref_f, cot.double())
+    assert got.dtype == dtype
+    close(got, want, dtype, scale=float(cot.abs().max()) * 8)
+
+
+def test_rasterize_gradcheck():
+    points, features = cloud(1, 7, 2, torch.float64, seed=5, device="cpu")
+    f = lambda x: rasterize(points, x, 4, 5)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(f, (features.requires_grad_(),))
+
+
+def test_rasterize_empty_inputs():
+    points, features = cloud(1, 0, 3, torch.float32, device="cpu")
+    planes, index = E().rasterize_points(points, features, 4, 4, 1.0, AXES, None, None, False)
+    assert bool((index == -1).all()) and bool((planes == 0).all()) and planes.shape == (1, 3, 3, 4, 4)
+    points, features = cloud(1, 6, 0, torch.float32, device="cpu")
+    planes, index = E().rasterize_points(points, features, 4, 4, 1.0, AXES, None, None, False)
+    assert planes.shape == (1, 3, 0, 4, 4) and bool((index >= 0).all())
+    grad = E().rasterize_points_backward(torch.zeros(1, 3, 0, 4, 4), index, 6)
+    assert grad.shape == (1, 6, 0)
