@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_close
+from conftest import assert_close, grads
 from oneshot import ops
-from oneshot.ops import reference
+from oneshot.ops import RayMarchResult, reference
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(
@@ -52,27 +52,43 @@ def tri_inputs(B, C, H, W, M, dtype, seed=0, device="cuda"):
     return planes.to(device, dtype), points.to(device, geom_dtype(dtype))
 
 
+def check_triplane(sample, planes, points, dtype, reduce="mean", grads=(True, True), seed=0):
+    """sample(planes, points, reduce) (differentiable) against the float64 reference, forward and backward; grads
+    says which of (planes, points) require a gradient. The cotangent is rounded to `dtype` for both."""
+    planes = planes.detach().requires_grad_(grads[0])
+    points = points.detach().requires_grad_(grads[1])
+    out = sample(planes, points, reduce)
+    assert out.dtype == dtype
+    rp = planes.detach().double().cpu().requires_grad_()
+    rx = points.detach().double().cpu().requires_grad_()
+    want = reference.triplane_sample(rp, rx, reduce=reduce)
+    close(out, want, dtype, scale=3.0, name="out")
+    if out.numel() == 0:
+        return
+    cot = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+    inputs = [t for t, g in zip((planes, points), grads) if g]
+    got = torch.autograd.grad(out, inputs, cot.to(out.device))
+    exp = dict(zip(("planes", "points"), torch.autograd.grad(want, (rp, rx), cot.double())))
+    C, H, W = planes.shape[2:]
+    # d/d(points) scales with the plane size (pixel = (c + 1) * size / 2).
+    scale = float(cot.abs().max())
+    scales = {"planes": scale * 4, "points": scale * max(H, W) * C * 4}
+    for name, g in zip([n for n, w in zip(("planes", "points"), grads) if w], got):
+        assert g.dtype == (dtype if name == "planes" else geom_dtype(dtype))
+        close(g, exp[name], dtype, scale=scales[name], name=f"grad {name}")
+
+
+def native_sample(planes, points, reduce):
+    return ops.triplane_sample(planes, points, reduce=reduce, backend="native")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduce", ["mean", "sum", "none"])
 @pytest.mark.parametrize("B,C,H,W,M", [(1, 1, 1, 1, 5), (2, 3, 5, 7, 33), (1, 32, 16, 16, 257), (2, 33, 9, 31, 100),
                                        (1, 8, 64, 32, 1000)])
 def test_triplane_matches_reference(dtype, reduce, B, C, H, W, M):
     planes, points = tri_inputs(B, C, H, W, M, dtype, seed=C + M)
-    planes.requires_grad_()
-    points.requires_grad_()
-    out = ops.triplane_sample(planes, points, reduce=reduce, backend="native")
-    assert out.dtype == dtype
-    ref_planes = planes.detach().double().requires_grad_()
-    ref_points = points.detach().double().requires_grad_()
-    want = reference.triplane_sample(ref_planes, ref_points, reduce=reduce)
-    close(out, want, dtype, scale=3.0, name="out")
-    cot = torch.randn_like(want)
-    gp, gx = torch.autograd.grad(out, (planes, points), cot.to(dtype))
-    wp, wx = torch.autograd.grad(want, (ref_planes, ref_points), cot)
-    assert gp.dtype == dtype and gx.dtype == geom_dtype(dtype)
-    close(gp, wp, dtype, scale=float(cot.abs().max()) * 4, name="grad planes")
-    # d/d(points) scales with the plane size (pixel = (c + 1) * size / 2).
-    close(gx, wx, dtype, scale=float(cot.abs().max()) * max(H, W) * C * 4, name="grad points")
+    check_triplane(native_sample, planes, points, dtype, reduce, seed=M)
 
 
 def test_triplane_cuda_matches_cpu_native():
@@ -126,6 +142,47 @@ def rays(lead, S, C, dtype, seed=0, regime="moderate", device="cuda"):
     return colors.to(device, dtype), dens.to(device, gd), depths.to(device, gd)
 
 
+def check_ray_march(march, colors, dens, depths, white=False, which=(0, 1, 2, 3), seed=0):
+    """march(colors, densities, depths, white) -> the 4 outputs (differentiable), against the reference.
+
+    The reference runs in the geometry dtype (float32 for 16-bit colors, upcast exactly) with the tolerance model
+    of test_raymarch (per ray, K S eps, the 1 / opacity conditioning of depth explicit); features and the colors'
+    gradient of 16-bit colors also carry the rounding of the result to that dtype. Cotangents go to the outputs
+    in `which` only (the others get None, as autograd passes them to the backward).
+    """
+    from test_raymarch import _tolerances
+
+    dtype, gdt = colors.dtype, geom_dtype(colors.dtype)
+    c = colors.detach().requires_grad_()
+    d = dens.detach().requires_grad_()
+    out = march(c, d, depths, white)
+    assert out[0].dtype == dtype and all(o.dtype == gdt for o in out[1:])
+    rc = colors.detach().to(gdt).cpu().requires_grad_()
+    rd = dens.detach().cpu().requires_grad_()
+    want = reference.ray_march(rc, rd, depths.cpu(), -1.0, white)
+    g = torch.Generator().manual_seed(seed)
+    # Each cotangent in the dtype of its output (features: the colors' dtype), the same values for the reference.
+    cots = [torch.randn(w.shape, generator=g, dtype=torch.float64).to(o.dtype).to(gdt) if i in which else None
+            for i, (w, o) in enumerate(zip(want, out))]
+    got = grads(out, (c, d), [None if x is None else x.to(o) for x, o in zip(cots, out)])
+    exp = grads(want, (rc, rd), cots)
+    out_cpu = RayMarchResult(*(o.detach().cpu().to(w.dtype) for o, w in zip(out, want)))
+    tol = _tolerances(rc, depths.cpu(), RayMarchResult(*want), out_cpu, cots, gdt)
+    if dtype != gdt:  # one rounding to float16 / bfloat16 of the float32 result
+        half_ulp = torch.finfo(dtype).eps / 2
+        tol["features"] = tol["features"] + half_ulp * want[0].detach().abs().to(torch.float64)
+        tol["grad_colors"] = tol["grad_colors"] + half_ulp * exp[0].abs().to(torch.float64)
+    for name, o, w in zip(RayMarchResult._fields, out_cpu, want):
+        assert_close(o, w.detach(), atol=tol[name], name=name)
+    assert got[0].dtype == dtype and got[1].dtype == gdt
+    assert_close(got[0].cpu().to(gdt), exp[0], atol=tol["grad_colors"], name="grad colors")
+    assert_close(got[1].cpu(), exp[1], atol=tol["grad_densities"], name="grad densities")
+
+
+def native_march(c, s, t, white):
+    return ops.ray_march(c, s, t, white_background=white, backend="native")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("white", [False, True])
 @pytest.mark.parametrize("lead,S,C,regime", [((7,), 2, 1, "moderate"), ((3, 5), 17, 3, "dense"),
@@ -133,28 +190,7 @@ def rays(lead, S, C, dtype, seed=0, regime="moderate", device="cuda"):
                                              ((4,), 40, 300, "moderate")])
 def test_ray_march_matches_reference(dtype, white, lead, S, C, regime):
     colors, dens, depths = rays(lead, S, C, dtype, seed=S * C, regime=regime)
-    colors.requires_grad_()
-    dens.requires_grad_()
-    out = ops.ray_march(colors, dens, depths, white_background=white, backend="native")
-    assert out.features.dtype == dtype and out.depth.dtype == geom_dtype(dtype)
-    rc = colors.detach().double().requires_grad_()
-    rd = dens.detach().double().requires_grad_()
-    want = reference.ray_march(rc, rd, depths.double(), -1.0, white)
-    gdt = geom_dtype(dtype)
-    close(out.features, want[0], dtype, scale=2.0, name="features")
-    close(out.opacity, want[2], gdt, scale=float(S), name="opacity")
-    close(out.weights, want[3], gdt, scale=float(S), name="weights")
-    # depth = num / opacity: conditioned by 1 / opacity (skip rays that are nearly empty).
-    ok = want[2] > 1e-3
-    close(out.depth[ok], want[1][ok], gdt, scale=float(S) * 3 / float(want[2][ok].min()) if ok.any() else 1.0,
-          name="depth")
-    cots = [torch.randn_like(w) for w in want]
-    got = torch.autograd.grad(list(out), (colors, dens), [c.to(o.dtype) for c, o in zip(cots, out)])
-    exp = torch.autograd.grad(list(want), (rc, rd), cots)
-    assert got[0].dtype == dtype and got[1].dtype == gdt
-    close(got[0], exp[0], dtype, scale=float(cots[0].abs().max()) * 2, name="grad colors")
-    scale = float(sum(c.abs().max() for c in cots)) * S * C / max(float(want[2][ok].min()) if ok.any() else 1.0, 1e-3)
-    close(got[1], exp[1], gdt, scale=scale, name="grad densities")
+    check_ray_march(native_march, colors, dens, depths, white, seed=S)
 
 
 def test_ray_march_cuda_matches_cpu_native():

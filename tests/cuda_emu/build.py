@@ -1,11 +1,12 @@
 """Build the CUDA kernels of csrc/ for the CPU emulator (tests/cuda_emu/include/cuda_runtime.h).
 
-The .cu sources are compiled by g++ as C++, unchanged except for four mechanical rewrites (the same kind hipify
+The .cu sources are compiled by g++ as C++, unchanged except for five mechanical rewrites (the same kind hipify
 does), each of which must apply or the build stops:
 
 * ``kernel<<<grid, block, smem, stream>>>(args)`` -> ``::oneshot_emu::launch("kernel", kernel, Config(grid, block,
   smem, stream), args)``;
-* ``extern __shared__ T name[];`` -> a pointer to the launch's dynamic shared memory;
+* ``extern __shared__ T name[];`` -> a pointer to the launch's dynamic shared memory, and ``__shared__ T name[N];``
+  -> a static array poisoned at the start of every block;
 * ``TORCH_LIBRARY_IMPL(oneshot, CUDA, m)`` -> ``TORCH_LIBRARY_IMPL(oneshot_emu, CPU, m)``: the kernels become the CPU
   kernels of a namespace ``oneshot_emu`` whose schemas are copied from csrc/ext.cpp, so they take CPU tensors;
 * ``.is_cuda()`` -> ``.is_cpu()`` (the entry points' "must be a CUDA tensor" checks).
@@ -35,6 +36,9 @@ LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;(){}]*>)?)\s*<<<(.*?)>>>\s*\(", r
 EXTERN_SHARED = re.compile(
     r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([A-Za-z_][\w ]*?)\s+(\w+)\s*\[\s*\]\s*;"
 )
+STATIC_SHARED = re.compile(
+    r"__shared__\s+((?:__align__\(\s*\d+\s*\)\s+)?[A-Za-z_][\w:<>, ]*?)\s+(\w+)((?:\s*\[[^\]]+\])+)\s*;"
+)
 IMPL = "TORCH_LIBRARY_IMPL(oneshot, CUDA, m)"
 
 
@@ -50,6 +54,10 @@ def rewrite(src: str, name: str) -> str:
                                       f"::oneshot_emu::dynamic_shared());", out)
     if "extern __shared__" in out:
         raise RuntimeError(f"cuda_emu: an extern __shared__ declaration of {name} was not rewritten")
+    out = STATIC_SHARED.sub(lambda m: f"static {m.group(1)} {m.group(2)}{m.group(3)}; "
+                                      f"::oneshot_emu::poison_shared_once({m.group(2)}, sizeof({m.group(2)}));", out)
+    if re.search(r"__shared__\s+\w", out):
+        raise RuntimeError(f"cuda_emu: a __shared__ declaration of {name} was not rewritten")
     if name != "selftest.cu":
         if out.count(IMPL) != 1:
             raise RuntimeError(f"cuda_emu: expected one {IMPL} in {name}, found {out.count(IMPL)}")

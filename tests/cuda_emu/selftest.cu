@@ -50,6 +50,13 @@ __global__ void dynamic_shared_kernel(float* out) {
   out[blockDim.x + threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
 }
 
+// A race: thread 0 writes, the others read without a barrier. Correct only if thread 0 happens to run first.
+__global__ void missing_barrier_kernel(float* out) {
+  __shared__ float value[1];
+  if (threadIdx.x == 0) value[0] = 42.f;
+  out[threadIdx.x] = value[0];
+}
+
 // Bugs the emulator must refuse.
 __global__ void exit_before_barrier_kernel(float* out) {
   if (threadIdx.x < 16) return;
@@ -99,6 +106,10 @@ at::Tensor selftest(c10::string_view which_sv) {
     return out;
   }
   at::Tensor out = at::zeros({kBlock}, opts);
+  if (which == "missing_barrier") {
+    missing_barrier_kernel<<<1, kBlock>>>(out.mutable_data_ptr<float>());
+    return out;
+  }
   if (which == "exit_before_barrier") {
     exit_before_barrier_kernel<<<1, kBlock>>>(out.mutable_data_ptr<float>());
   } else if (which == "shuffle_with_exited_lane") {
@@ -115,6 +126,13 @@ at::Tensor selftest(c10::string_view which_sv) {
     TORCH_CHECK_VALUE(false, "unknown self test ", which);
   }
   return out;
+}
+
+int64_t set_schedule(int64_t order) {
+  TORCH_CHECK_VALUE(order == 0 || order == 1, "schedule must be 0 (thread order) or 1 (reverse), got ", order);
+  const int64_t old = oneshot_emu::schedule();
+  oneshot_emu::schedule() = static_cast<int>(order);
+  return old;
 }
 
 int64_t set_sm_count(int64_t n) {
@@ -141,6 +159,7 @@ void clear_launch_log() { oneshot_emu::launch_log().clear(); }
 TORCH_LIBRARY_FRAGMENT(oneshot_emu, m) {
   m.def("_selftest(str which) -> Tensor", &selftest);
   m.def("_set_sm_count(int n) -> int", &set_sm_count);
+  m.def("_set_schedule(int order) -> int", &set_schedule);
   m.def("_launch_log() -> str[]", &launch_log);
   m.def("_clear_launch_log() -> ()", &clear_launch_log);
 }

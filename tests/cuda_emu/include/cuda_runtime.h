@@ -10,9 +10,12 @@
 //    operation of the same kind with the same mask; then the exchange happens at once for all of them. A lane of
 //    the mask that has exited, waits elsewhere, or names another mask is an error, as is reading a lane outside
 //    the mask or calling with the caller's lane outside the mask.
-//  - __shared__ variables are statics (one per kernel instantiation, shared by the fibers of a block); dynamic
-//    shared memory is a per-launch buffer filled with 0xff bytes (NaN for floats) before every block, so a read
-//    before a write shows.
+//  - __shared__ variables are statics (one per kernel instantiation, shared by the fibers of a block), filled
+//    with 0xff bytes (NaN for floats) by the first thread of each block to reach the declaration; dynamic shared
+//    memory is a per-launch buffer filled the same way before every block. A read before a write shows.
+//  - The threads of a block run in thread order or, with schedule() = 1, in reverse order: a value one thread
+//    reads from another without a barrier or warp synchronisation between them comes out stale in one of the
+//    two orders (tests run both).
 //  - Launch configurations are checked against the hardware limits (1024 threads, grid.y/z <= 65535, 48 KiB of
 //    dynamic shared memory without opt-in). Every launch is logged (name, grid, block, shared bytes) so tests
 //    can check which path a call took.
@@ -20,7 +23,7 @@
 //    host's: __fmul_rn & co. are not used (raster.h picks them only under __CUDA_ARCH__), and the library
 //    functions (exp, log1p) are glibc's, not CUDA's; results agree with the GPU to rounding, not bitwise.
 //
-// The scheduler is deterministic: fibers run in thread order until they finish or park.
+// The scheduler is deterministic: fibers run in the chosen order until they finish or park.
 #pragma once
 
 #include <sys/mman.h>
@@ -36,6 +39,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -134,8 +138,20 @@ struct Block {
   std::function<void()> body;
   unsigned char* dyn_smem = nullptr;
   size_t dyn_bytes = 0;
+  uint64_t epoch = 0;  // distinct for every block run
   std::string error;
 };
+
+// 0: threads run in index order between synchronisation points; 1: in reverse order.
+inline int& schedule() {
+  static int order = 0;
+  return order;
+}
+
+inline uint64_t next_block_epoch() {
+  static uint64_t epoch = 0;
+  return ++epoch;
+}
 
 inline Block*& current_block() {
   static thread_local Block* b = nullptr;
@@ -290,10 +306,12 @@ inline void run_block(Block& b) {
     makecontext(&f.ctx, &fiber_entry, 0);
   }
   if (b.dyn_smem != nullptr) std::memset(b.dyn_smem, 0xff, b.dyn_bytes);
+  b.epoch = next_block_epoch();
+  const bool reverse = schedule() == 1;
   for (;;) {
     bool ran = false;
-    for (int i = 0; i < n && b.error.empty(); ++i) {
-      Fiber& f = b.fibers[i];
+    for (int k = 0; k < n && b.error.empty(); ++k) {
+      Fiber& f = b.fibers[reverse ? n - 1 - k : k];
       if (f.state != State::kRun) continue;
       b.cur = &f;
 #if ONESHOT_EMU_ASAN
@@ -391,6 +409,17 @@ void launch(const char* name, void (*kernel)(P...), Config cfg, A&&... args) {
 }
 
 inline unsigned char* dynamic_shared() { return current_block()->dyn_smem; }
+
+// A static __shared__ array: poisoned once per block, by the first thread that reaches its declaration.
+inline void poison_shared_once(void* p, size_t bytes) {
+  static std::unordered_map<void*, uint64_t> seen;
+  uint64_t& e = seen[p];
+  const uint64_t now = current_block()->epoch;
+  if (e != now) {
+    std::memset(p, 0xff, bytes);
+    e = now;
+  }
+}
 
 inline uint3 thread_idx() { return current_block()->cur->tid; }
 inline uint3 block_idx() { return current_block()->bid; }
