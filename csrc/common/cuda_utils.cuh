@@ -15,6 +15,16 @@
 
 #include "common/macros.h"
 
+// The most blocks a grid-stride launch puts along x, and along y. The kernels loop over whatever lies beyond,
+// so any cap gives the same result; the tests' CPU emulator of CUDA (tests/cuda_emu) sets tiny caps at run time
+// so that every grid-stride loop runs several rounds.
+#ifndef ONESHOT_CUDA_MAX_BLOCKS
+#define ONESHOT_CUDA_MAX_BLOCKS (int64_t(65535) * 16)
+#endif
+#ifndef ONESHOT_CUDA_MAX_BLOCKS_Y
+#define ONESHOT_CUDA_MAX_BLOCKS_Y int64_t(65535)
+#endif
+
 namespace oneshot {
 namespace cuda {
 
@@ -52,10 +62,10 @@ __device__ __forceinline__ T warp_sum(T v) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Blocks for a grid-stride loop over n work items: enough to fill the GPU, never more than needed.
-inline unsigned int grid_for(int64_t n, int threads) {
-  const int64_t blocks = ceil_div(n, threads);
-  return static_cast<unsigned int>(blocks < 65535 * 16 ? (blocks > 0 ? blocks : 1) : 65535 * 16);
+// Blocks for a grid-stride loop over n work items (threads each): one per chunk up to ONESHOT_CUDA_MAX_BLOCKS.
+inline unsigned int grid_for(int64_t n, int64_t threads) {
+  const int64_t blocks = ceil_div(n, threads), cap = ONESHOT_CUDA_MAX_BLOCKS;
+  return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks < cap ? blocks : cap));
 }
 
 inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }

@@ -282,7 +282,7 @@ __global__ void scatter_kernel(const V* __restrict__ grad, const int64_t* __rest
 
 // Blocks along y for the channel runs (grid-stride beyond the grid limit).
 unsigned int chan_blocks(int64_t C) {
-  return static_cast<unsigned int>(std::min<int64_t>(cuda::ceil_div(C, kChanChunk), 65535));
+  return static_cast<unsigned int>(std::min<int64_t>(cuda::ceil_div(C, kChanChunk), ONESHOT_CUDA_MAX_BLOCKS_Y));
 }
 
 int sm_count(const at::Device& device) {
@@ -332,7 +332,7 @@ void nearest_cuda(const at::Tensor& pts, const at::Tensor& valid_c, int64_t B, i
     g.part_d2 = part_d2.mutable_data_ptr<T>();
     g.part_idx = part_idx.mutable_data_ptr<int32_t>();
   }
-  const unsigned int blocks = static_cast<unsigned int>(std::min<int64_t>(g.num_work, int64_t(1) << 30));
+  const unsigned int blocks = cuda::grid_for(g.num_work, 1);  // one work item per block per round
   nearest_kernel<T><<<blocks, kThreads, 0, cuda::stream()>>>(g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (g.splits > 1) {

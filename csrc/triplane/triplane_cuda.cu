@@ -275,8 +275,7 @@ int group_size(int64_t C, int vw) {
 }
 
 unsigned int blocks_for(int64_t BM, int gs) {
-  const int64_t per_block = int64_t(kThreads / gs);  // points per block per round
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(BM, per_block), 65535 * 16)));
+  return cuda::grid_for(BM, kThreads / gs);  // kThreads / gs points per block per round
 }
 
 template <typename T, typename G>

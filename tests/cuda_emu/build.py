@@ -101,6 +101,8 @@ def _flags(sanitize: bool) -> tuple[list[str], list[str]]:
 
     abi = int(torch.compiled_with_cxx11_abi())
     cflags = ["-std=c++17", "-O1", "-fPIC", "-ffp-contract=off", "-fno-trapping-math", "-w",
+              "-DONESHOT_CUDA_MAX_BLOCKS=(::oneshot_emu::max_blocks_x())",
+              "-DONESHOT_CUDA_MAX_BLOCKS_Y=(::oneshot_emu::max_blocks_y())",
               f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{HERE / 'include'}", f"-I{CSRC}"]
     cflags += [f"-I{p}" for p in cpp_extension.include_paths()]
     ldflags = ["-shared"] + [f"-L{p}" for p in cpp_extension.library_paths()] + ["-lc10", "-ltorch_cpu", "-ltorch"]

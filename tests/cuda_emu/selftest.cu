@@ -135,6 +135,14 @@ int64_t set_schedule(int64_t order) {
   return old;
 }
 
+std::vector<int64_t> set_max_blocks(int64_t x, int64_t y) {
+  TORCH_CHECK_VALUE(x >= 1 && y >= 1, "grid caps must be >= 1, got ", x, " and ", y);
+  std::vector<int64_t> old{oneshot_emu::max_blocks_x(), oneshot_emu::max_blocks_y()};
+  oneshot_emu::max_blocks_x() = x;
+  oneshot_emu::max_blocks_y() = y;
+  return old;
+}
+
 int64_t set_sm_count(int64_t n) {
   TORCH_CHECK_VALUE(n >= 1, "sm count must be >= 1, got ", n);
   const int64_t old = oneshot_emu::sm_count();
@@ -160,6 +168,7 @@ TORCH_LIBRARY_FRAGMENT(oneshot_emu, m) {
   m.def("_selftest(str which) -> Tensor", &selftest);
   m.def("_set_sm_count(int n) -> int", &set_sm_count);
   m.def("_set_schedule(int order) -> int", &set_schedule);
+  m.def("_set_max_blocks(int x, int y) -> int[]", &set_max_blocks);
   m.def("_launch_log() -> str[]", &launch_log);
   m.def("_clear_launch_log() -> ()", &clear_launch_log);
 }

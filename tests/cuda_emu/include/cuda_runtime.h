@@ -16,6 +16,8 @@
 //  - The threads of a block run in thread order or, with schedule() = 1, in reverse order: a value one thread
 //    reads from another without a barrier or warp synchronisation between them comes out stale in one of the
 //    two orders (tests run both).
+//  - The kernels' grid caps are run-time values here (max_blocks_x / _y), so tests can make every grid-stride
+//    loop take several rounds.
 //  - Launch configurations are checked against the hardware limits (1024 threads, grid.y/z <= 65535, 48 KiB of
 //    dynamic shared memory without opt-in). Every launch is logged (name, grid, block, shared bytes) so tests
 //    can check which path a call took.
@@ -146,6 +148,17 @@ struct Block {
 inline int& schedule() {
   static int order = 0;
   return order;
+}
+
+// The kernels' grid caps (ONESHOT_CUDA_MAX_BLOCKS and _Y in csrc/common/cuda_utils.cuh, defined by build.py to
+// read these): tests lower them so that every grid-stride loop runs several rounds.
+inline int64_t& max_blocks_x() {
+  static int64_t cap = int64_t(65535) * 16;
+  return cap;
+}
+inline int64_t& max_blocks_y() {
+  static int64_t cap = 65535;
+  return cap;
 }
 
 inline uint64_t next_block_epoch() {
