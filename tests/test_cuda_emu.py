@@ -431,3 +431,56 @@ def test_rasterize_empty_inputs():
     assert planes.shape == (1, 3, 0, 4, 4) and bool((index >= 0).all())
     grad = E().rasterize_points_backward(torch.zeros(1, 3, 0, 4, 4), index, 6)
     assert grad.shape == (1, 6, 0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the CUDA entry points' own checks and layouts
+
+
+@pytest.mark.parametrize("case,exc,match", [
+    ("triplane_half_points", TypeError, r"points must be float32 when planes is float16, got float16"),
+    ("triplane_int_planes", TypeError, r"planes must be float16, bfloat16, float32 or float64 .* got int32"),
+    ("ray_march_double_densities", TypeError, r"densities must be float32 when colors is bfloat16, got float64"),
+    ("raster_half_points", TypeError, r"points must be float32 when features is float32, got float16"),
+])
+def test_cuda_entry_points_name_the_bad_argument(case, exc, match):
+    if case == "triplane_half_points":
+        planes, points = tri_inputs(1, 4, 5, 5, 3, torch.float16, device="cpu")
+        call = lambda: E().triplane_sample(planes, points.half(), 1.0, AXES, "mean")  # noqa: E731
+    elif case == "triplane_int_planes":
+        planes, points = tri_inputs(1, 4, 5, 5, 3, torch.float32, device="cpu")
+        call = lambda: E().triplane_sample(planes.int(), points, 1.0, AXES, "mean")  # noqa: E731
+    elif case == "ray_march_double_densities":
+        colors, dens, depths = rays((2,), 4, 3, torch.bfloat16, device="cpu")
+        call = lambda: E().ray_march(colors, dens.double(), depths, -1.0, False)  # noqa: E731
+    else:
+        points, features = cloud(1, 5, 2, torch.float32, device="cpu")
+        call = lambda: E().rasterize_points(points.half(), features, 4, 4, 1.0, AXES, None, None, False)  # noqa: E731
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_ray_march_non_contiguous():
+    colors, dens, depths = rays((6,), 9, 5, torch.float32, seed=12, device="cpu")
+    colors_t = colors.transpose(0, 1).contiguous().transpose(0, 1)  # [R, S, C] with R innermost
+    dens_s = torch.stack([dens, dens], -1)[..., 0]
+    assert not colors_t.is_contiguous() and not dens_s.is_contiguous()
+    out = E().ray_march(colors_t, dens_s, depths, -1.0, True)
+    want = ops.ray_march(colors, dens, depths, white_background=True, backend="native")
+    for got, exp in zip(out, want):
+        close(got, exp, torch.float32, scale=9.0)
+
+
+def test_rasterize_non_contiguous_and_deterministic_mode():
+    points, features = cloud(2, 40, 6, torch.float32, seed=13, device="cpu")
+    feats_t = features.transpose(1, 2).contiguous().transpose(1, 2)
+    pts_t = points.transpose(1, 2).contiguous().transpose(1, 2)
+    planes, index = E().rasterize_points(pts_t, feats_t, 7, 9, 1.0, AXES, None, None, False)
+    want_planes, want_index = ops.rasterize_points(points, features, (7, 9), backend="native")
+    assert torch.equal(index, want_index) and torch.equal(planes, want_planes)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="rasterize_points_backward"):
+            E().rasterize_points_backward(torch.ones_like(planes), index, 40)
+    finally:
+        torch.use_deterministic_algorithms(False)

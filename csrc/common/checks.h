@@ -17,13 +17,32 @@ inline std::string shape_str(const at::Tensor& t) {
   return os.str();
 }
 
+// A dtype as Python users write it (float32, not Float).
+inline std::string dtype_str(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kByte: return "uint8";
+    case at::kChar: return "int8";
+    case at::kShort: return "int16";
+    case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    case at::kBool: return "bool";
+    case at::kComplexFloat: return "complex64";
+    case at::kComplexDouble: return "complex128";
+    default: return c10::toString(t);
+  }
+}
+
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* expected) {
   TORCH_CHECK_VALUE(t.dim() == dim, name, " must be ", expected, ", got ", shape_str(t));
 }
 
 inline void check_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
-                   " must be float32 or float64 for the native CPU kernels, got ", t.scalar_type());
+                   " must be float32 or float64 for the native CPU kernels, got ", dtype_str(t.scalar_type()));
 }
 
 // CUDA dtypes: the "value" tensor (planes, colors, features) is float16, bfloat16, float32 or float64; the
@@ -32,14 +51,15 @@ inline void check_cuda_dtypes(const at::Tensor& value, const char* value_name, c
                               const char* geom_name) {
   const auto v = value.scalar_type(), g = geom.scalar_type();
   TORCH_CHECK_TYPE(v == at::kHalf || v == at::kBFloat16 || v == at::kFloat || v == at::kDouble, value_name,
-                   " must be float16, bfloat16, float32 or float64 for the native CUDA kernels, got ", v);
+                   " must be float16, bfloat16, float32 or float64 for the native CUDA kernels, got ", dtype_str(v));
   const auto want = v == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK_TYPE(g == want, geom_name, " must be ", want, " when ", value_name, " is ", v, ", got ", g);
+  TORCH_CHECK_TYPE(g == want, geom_name, " must be ", dtype_str(want), " when ", value_name, " is ", dtype_str(v),
+                   ", got ", dtype_str(g));
 }
 
 inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
   TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), name_b, " must have the dtype of ", name_a, " (",
-                   a.scalar_type(), "), got ", b.scalar_type());
+                   dtype_str(a.scalar_type()), "), got ", dtype_str(b.scalar_type()));
 }
 
 // The dtype rule of a backend: CPU kernels take float32 or float64 for every floating input of a call; CUDA

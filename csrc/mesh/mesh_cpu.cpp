@@ -121,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_mesh_cpu(const at::Tens
   TORCH_CHECK_VALUE(faces.size(1) == 3, "faces must be [F, 3], got ", shape_str(faces));
   check_float(vertices, "vertices");
   TORCH_CHECK_TYPE(faces.scalar_type() == at::kLong || faces.scalar_type() == at::kInt,
-                   "faces must be int32 or int64, got ", faces.scalar_type());
+                   "faces must be int32 or int64, got ", dtype_str(faces.scalar_type()));
   check_same_device(vertices, faces, "vertices", "faces");
   TORCH_CHECK_VALUE(height >= 1 && width >= 1, "resolution must be >= 1, got (", height, ", ", width, ")");
   const int64_t B = vertices.size(0), V = vertices.size(1), F = faces.size(0), H = height, W = width;

@@ -36,7 +36,8 @@ inline at::Tensor check_inputs(const at::Tensor& points, const at::Tensor& featu
                     points.size(1));
   at::Tensor valid_c;
   if (valid.has_value() && valid->defined()) {
-    TORCH_CHECK_TYPE(valid->scalar_type() == at::kBool, "valid must be a bool tensor, got ", valid->scalar_type());
+    TORCH_CHECK_TYPE(valid->scalar_type() == at::kBool, "valid must be a bool tensor, got ",
+                     dtype_str(valid->scalar_type()));
     TORCH_CHECK_VALUE(valid->dim() == 2 && valid->size(0) == points.size(0) && valid->size(1) == points.size(1),
                       "valid must be [B, N] = [", points.size(0), ", ", points.size(1), "], got ", shape_str(*valid));
     check_same_device(points, *valid, "points", "valid");
@@ -55,7 +56,7 @@ inline void check_backward_inputs(const at::Tensor& grad_planes, const at::Tenso
   check_dim(grad_planes, 5, "grad_planes", "[B, 3, C, H, W]");
   TORCH_CHECK_VALUE(grad_planes.size(1) == 3, "grad_planes must be [B, 3, C, H, W], got ", shape_str(grad_planes));
   check_dim(index, 4, "index", "[B, 3, H, W]");
-  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "index must be int64, got ", index.scalar_type());
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "index must be int64, got ", dtype_str(index.scalar_type()));
   TORCH_CHECK_VALUE(index.size(0) == grad_planes.size(0) && index.size(1) == 3 &&
                         index.size(2) == grad_planes.size(3) && index.size(3) == grad_planes.size(4),
                     "index must be [B, 3, H, W] matching grad_planes ", shape_str(grad_planes), ", got ",
@@ -64,7 +65,7 @@ inline void check_backward_inputs(const at::Tensor& grad_planes, const at::Tenso
     const auto dt = grad_planes.scalar_type();
     TORCH_CHECK_TYPE(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat || dt == at::kDouble,
                      "grad_planes must be float16, bfloat16, float32 or float64 for the native CUDA kernels, got ",
-                     dt);
+                     dtype_str(dt));
   } else {
     check_float(grad_planes, "grad_planes");
   }

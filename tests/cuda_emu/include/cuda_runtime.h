@@ -380,7 +380,8 @@ void launch(const char* name, void (*kernel)(P...), Config cfg, A&&... args) {
   const dim3 g = cfg.grid, bl = cfg.block;
   const uint64_t threads = uint64_t(bl.x) * bl.y * bl.z;
   std::ostringstream why;
-  if (threads == 0 || threads > 1024 || bl.z > 64) why << "invalid block (" << bl.x << ", " << bl.y << ", " << bl.z << ")";
+  if (threads == 0 || threads > 1024 || bl.z > 64)
+    why << "invalid block (" << bl.x << ", " << bl.y << ", " << bl.z << ")";
   if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 2147483647u || g.y > 65535 || g.z > 65535)
     why << "invalid grid (" << g.x << ", " << g.y << ", " << g.z << ")";
   if (cfg.smem > kMaxDynamicShared) why << "dynamic shared memory " << cfg.smem << " B over the 48 KiB default limit";
