@@ -87,6 +87,17 @@ def assert_close(actual, expected, rtol: float = 0.0, atol=0.0, name: str = "ten
 
 
 @contextlib.contextmanager
+def deterministic_mode(alert: str):
+    """Expect the block to raise torch's nondeterminism alert naming `alert` under use_deterministic_algorithms."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match=alert):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@contextlib.contextmanager
 def num_threads(n: int):
     """Run a block with torch's intra-op thread count set to n, restoring it afterwards."""
     old = torch.get_num_threads()

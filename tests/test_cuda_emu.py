@@ -16,6 +16,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import deterministic_mode
 from cuda_emu import build as emu_build
 from oneshot import ops
 from oneshot.ops import reference
@@ -255,12 +256,8 @@ def test_triplane_empty_inputs():
 def test_triplane_deterministic_mode_reports_the_atomic_backward():
     planes, points = tri_inputs(1, 4, 8, 8, 20, torch.float32, device="cpu")
     out = triplane(planes.requires_grad_(), points)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with pytest.raises(RuntimeError, match="triplane_sample_backward"):
-            out.sum().backward()
-    finally:
-        torch.use_deterministic_algorithms(False)
+    with deterministic_mode("triplane_sample_backward"):
+        out.sum().backward()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -478,9 +475,5 @@ def test_rasterize_non_contiguous_and_deterministic_mode():
     planes, index = E().rasterize_points(pts_t, feats_t, 7, 9, 1.0, AXES, None, None, False)
     want_planes, want_index = ops.rasterize_points(points, features, (7, 9), backend="native")
     assert torch.equal(index, want_index) and torch.equal(planes, want_planes)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with pytest.raises(RuntimeError, match="rasterize_points_backward"):
-            E().rasterize_points_backward(torch.ones_like(planes), index, 40)
-    finally:
-        torch.use_deterministic_algorithms(False)
+    with deterministic_mode("rasterize_points_backward"):
+        E().rasterize_points_backward(torch.ones_like(planes), index, 40)
