@@ -1,0 +1,130 @@
+"""Per-kernel resources of the CUDA kernels as ptxas reports them (no GPU needed): registers, stack frame, spills,
+static shared memory, and the occupancy those allow. What the device method calls reading what costs no device
+time: spills, local-memory arrays and register-bound occupancy show here before any run.
+
+    PYTHON=.venv-cuda/bin/python python scripts/ptxas_report.py [--arch 90] [--out benchmarks/results/ptxas_sm90.md]
+
+Compiles every csrc/*/*_cuda.cu with the flags of scripts/nvcc_check.sh plus -Xptxas -v (a CUDA build of torch in
+$PYTHON's environment and nvcc under CUDA_HOME are needed), then writes a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Per SM (compute capability 8.0 / 9.0): 64 K registers, 2048 threads, 32 blocks; registers are allocated per
+# warp in units of 256.
+REGS_PER_SM, THREADS_PER_SM, BLOCKS_PER_SM, REG_UNIT = 65536, 2048, 32, 256
+
+# Threads per block of each kernel (the kThreads / kElemThreads of the .cu files).
+BLOCK = {"triplane_forward_kernel": 256, "triplane_backward_kernel": 256, "ray_march_forward_kernel": 128,
+         "ray_march_backward_kernel": 128, "nearest_kernel": 128, "merge_kernel": 256, "gather_kernel": 256,
+         "scatter_kernel": 256}
+
+TYPES = {"f": "float", "d": "double", "N3c104HalfE": "half", "N3c108BFloat16E": "bfloat16"}
+
+
+def demangle(sym: str) -> str:
+    """kernel<template args> from an Itanium-mangled name (enough for these kernels)."""
+    m = re.search(r"\d+([a-z_]+_kernel)I(.*?)EEv", sym)
+    if not m:
+        return sym
+    name, args = m.group(1), m.group(2)
+    out = []
+    for tok in re.finditer(r"N3c104HalfE|N3c108BFloat16E|Li\d+E|[fd]", args):
+        t = tok.group(0)
+        out.append(t[2:-1] if t.startswith("Li") else TYPES[t])
+    return f"{name}<{', '.join(out)}>"
+
+
+def occupancy(regs: int, threads: int) -> float:
+    warps = -(-threads // 32)
+    regs_per_warp = -(-regs * 32 // REG_UNIT) * REG_UNIT
+    by_regs = REGS_PER_SM // (regs_per_warp * warps) if regs else BLOCKS_PER_SM
+    blocks = min(by_regs, THREADS_PER_SM // threads, BLOCKS_PER_SM)
+    return blocks * threads / THREADS_PER_SM
+
+
+def parse(log: str):
+    rows = []
+    cur = None
+    for line in log.splitlines():
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            cur = {"kernel": demangle(m.group(1))}
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            cur["stack"], cur["spill_st"], cur["spill_ld"] = map(int, m.groups())
+            continue
+        m = re.search(r"Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?", line)
+        if m:
+            cur["regs"] = int(m.group(1))
+            cur["smem"] = int(m.group(2) or 0)
+            base = cur["kernel"].split("<")[0]
+            cur["threads"] = BLOCK.get(base, 0)
+            cur["occupancy"] = occupancy(cur["regs"], cur["threads"]) if cur["threads"] else float("nan")
+            rows.append(cur)
+            cur = None
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="90")
+    p.add_argument("--out", default=None, help="markdown file (default: print only)")
+    a = p.parse_args(argv)
+    py = os.environ.get("PYTHON", sys.executable)
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    incs = subprocess.run([py, "-c", "from torch.utils.cpp_extension import include_paths;"
+                           "print('\\n'.join(include_paths()))"], capture_output=True, text=True, check=True)
+    abi = subprocess.run([py, "-c", "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    nvcc_version = subprocess.run([f"{cuda_home}/bin/nvcc", "--version"], capture_output=True, text=True,
+                                  check=True).stdout.strip().splitlines()[-1]
+    sources = json.loads((ROOT / "csrc" / "build.json").read_text())["cuda_sources"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in sources:
+            cmd = [f"{cuda_home}/bin/nvcc", "-c", str(ROOT / "csrc" / src), "-o", f"{tmp}/k.o", f"-I{ROOT / 'csrc'}",
+                   *(f"-I{i}" for i in incs.stdout.split()), "-std=c++20", "-O3", "--expt-relaxed-constexpr",
+                   "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                   "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                   f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DONESHOT_WITH_CUDA=1",
+                   "-gencode", f"arch=compute_{a.arch},code=sm_{a.arch}", "--compiler-options", "-fPIC",
+                   "-Xcudafe", "--diag_suppress=20012", "-Xptxas", "-v"]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                sys.exit(f"nvcc failed on {src}:\n{res.stderr[-4000:]}")
+            rows += [dict(r, source=src) for r in parse(res.stderr)]
+    rows.sort(key=lambda r: (r["source"], r["kernel"]))
+    lines = [f"# ptxas resources, sm_{a.arch}", "",
+             f"nvcc: {nvcc_version}; torch headers {version}; flags of scripts/nvcc_check.sh. Occupancy: resident "
+             "threads per SM allowed by registers, threads and blocks (static shared memory is a few KiB at most "
+             "here), as a fraction of 2048. Written by scripts/ptxas_report.py; no GPU involved.", "",
+             "| kernel | threads | registers | occupancy | stack (B) | spill st/ld (B) | static smem (B) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| `{r['kernel']}` | {r['threads']} | {r['regs']} | {r['occupancy']:.0%} | {r['stack']} | "
+                     f"{r['spill_st']}/{r['spill_ld']} | {r['smem']} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
