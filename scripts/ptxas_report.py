@@ -4,8 +4,8 @@ time: spills, local-memory arrays and register-bound occupancy show here before 
 
     PYTHON=.venv-cuda/bin/python python scripts/ptxas_report.py [--arch 90] [--out benchmarks/results/ptxas_sm90.md]
 
-Compiles every csrc/*/*_cuda.cu with the flags of scripts/nvcc_check.sh plus -Xptxas -v (a CUDA build of torch in
-$PYTHON's environment and nvcc under CUDA_HOME are needed), then writes a markdown table.
+Compiles every csrc/*/*_cuda.cu through scripts/nvcc_check.sh with NVCC_EXTRA="-Xptxas -v" (a CUDA build of torch
+in $PYTHON's environment and nvcc under CUDA_HOME are needed), then writes a markdown table.
 """
 
 from __future__ import annotations
@@ -87,10 +87,6 @@ def main(argv=None):
     a = p.parse_args(argv)
     py = os.environ.get("PYTHON", sys.executable)
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    incs = subprocess.run([py, "-c", "from torch.utils.cpp_extension import include_paths;"
-                           "print('\\n'.join(include_paths()))"], capture_output=True, text=True, check=True)
-    abi = subprocess.run([py, "-c", "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"],
-                         capture_output=True, text=True, check=True).stdout.strip()
     version = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True,
                              check=True).stdout.strip()
     nvcc_version = subprocess.run([f"{cuda_home}/bin/nvcc", "--version"], capture_output=True, text=True,
@@ -98,15 +94,10 @@ def main(argv=None):
     sources = json.loads((ROOT / "csrc" / "build.json").read_text())["cuda_sources"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for src in sources:
-            cmd = [f"{cuda_home}/bin/nvcc", "-c", str(ROOT / "csrc" / src), "-o", f"{tmp}/k.o", f"-I{ROOT / 'csrc'}",
-                   *(f"-I{i}" for i in incs.stdout.split()), "-std=c++20", "-O3", "--expt-relaxed-constexpr",
-                   "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-                   "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-                   f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DONESHOT_WITH_CUDA=1",
-                   "-gencode", f"arch=compute_{a.arch},code=sm_{a.arch}", "--compiler-options", "-fPIC",
-                   "-Xcudafe", "--diag_suppress=20012", "-Xptxas", "-v"]
-            res = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ, PYTHON=py, CUDA_HOME=cuda_home, ARCH=a.arch, OUT=tmp, NVCC_EXTRA="-Xptxas -v")
+        for src in sources:  # one call per file, so every row knows its source
+            res = subprocess.run(["bash", str(ROOT / "scripts" / "nvcc_check.sh"), str(ROOT / "csrc" / src)],
+                                 capture_output=True, text=True, env=env)
             if res.returncode != 0:
                 sys.exit(f"nvcc failed on {src}:\n{res.stderr[-4000:]}")
             rows += [dict(r, source=src) for r in parse(res.stderr)]

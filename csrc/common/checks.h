@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
 #include <sstream>
@@ -17,24 +18,8 @@ inline std::string shape_str(const at::Tensor& t) {
   return os.str();
 }
 
-// A dtype as Python users write it (float32, not Float).
-inline std::string dtype_str(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kByte: return "uint8";
-    case at::kChar: return "int8";
-    case at::kShort: return "int16";
-    case at::kInt: return "int32";
-    case at::kLong: return "int64";
-    case at::kBool: return "bool";
-    case at::kComplexFloat: return "complex64";
-    case at::kComplexDouble: return "complex128";
-    default: return c10::toString(t);
-  }
-}
+// A dtype as Python users write it (float32, not Float): torch's own name for it.
+inline std::string dtype_str(at::ScalarType t) { return std::string(c10::getDtypeNames(t).first); }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* expected) {
   TORCH_CHECK_VALUE(t.dim() == dim, name, " must be ", expected, ", got ", shape_str(t));

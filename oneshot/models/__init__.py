@@ -11,11 +11,13 @@ from .avatar import STAGES, AnimateOutput, Avatar, OneShotAvatar
 from .config import LIFT_BASES, PRESETS, AvatarConfig
 from .convert import convert_goha_state_dict, load_goha_checkpoint
 from .decoder import EqualLinear, TriplaneDecoder
-from .encoders import SEGFORMER_PRESETS, SUPPORTED_TRANSFORMERS, Embed2Plane, PlaneTemplate, PlaneUpsampler, SegFormerEncoder
+from .encoders import (SEGFORMER_PRESETS, SUPPORTED_TRANSFORMERS, Embed2Plane, PlaneTemplate, PlaneUpsampler,
+                       SegFormerEncoder)
 from .gfpgan import GFPGANv1Clean, SuperResolution, load_gfpgan_weights
 from .volume import RenderSettings, VolumeRenderer, VolumeRenderOutput, sample_pdf
 
 __all__ = ["OneShotAvatar", "Avatar", "AnimateOutput", "AvatarConfig", "PRESETS", "LIFT_BASES", "STAGES",
            "TriplaneDecoder", "EqualLinear", "VolumeRenderer", "VolumeRenderOutput", "RenderSettings", "sample_pdf",
-           "SegFormerEncoder", "Embed2Plane", "PlaneUpsampler", "PlaneTemplate", "SEGFORMER_PRESETS", "SUPPORTED_TRANSFORMERS",
-           "GFPGANv1Clean", "SuperResolution", "load_gfpgan_weights", "convert_goha_state_dict", "load_goha_checkpoint"]
+           "SegFormerEncoder", "Embed2Plane", "PlaneUpsampler", "PlaneTemplate", "SEGFORMER_PRESETS",
+           "SUPPORTED_TRANSFORMERS", "GFPGANv1Clean", "SuperResolution", "load_gfpgan_weights",
+           "convert_goha_state_dict", "load_goha_checkpoint"]

@@ -111,7 +111,8 @@ class OneShotAvatar(nn.Module):
         C, E = c.plane_channels, c.encoder_channels
         self.canonical_encoder = SegFormerEncoder(3, config=c.encoder, pretrained=pretrained_encoder)
         self.canonical_head = Embed2Plane(E, 3, C, hidden=c.embed_hidden)
-        self.canonical_template = PlaneTemplate(3, C, c.plane_size, c.template_lr_multiplier) if c.template_planes else None
+        self.canonical_template = (PlaneTemplate(3, C, c.plane_size, c.template_lr_multiplier)
+                                   if c.template_planes else None)
         self.expression_encoder = SegFormerEncoder(3, config=c.encoder, pretrained=pretrained_encoder)
         self.expression_head = Embed2Plane(E, 3, C, hidden=c.embed_hidden)
         self.appearance_encoder = SegFormerEncoder(6, config=c.encoder, pretrained=pretrained_encoder)

@@ -49,7 +49,8 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 1e-4
     betas: tuple = (0.0, 0.99)
-    lr_mult: dict = field(default_factory=dict)  # learning-rate multipliers by top-level submodule, e.g. {"decoder": 10}
+    # learning-rate multipliers by top-level submodule of the avatar, e.g. {"decoder": 10}
+    lr_mult: dict = field(default_factory=dict)
     d_lr: float = 5e-4
     grad_clip: float = 1000.0
     ema: float = 0.0  # decay of a moving average of the avatar's weights (EG3D's G_ema); 0: off

@@ -68,11 +68,9 @@ def rewrite(src: str, name: str) -> str:
 def schemas() -> list[str]:
     """The schemas of the ops the CUDA files implement, from csrc/ext.cpp (adjacent literals joined)."""
     text = (CSRC / "ext.cpp").read_text()
-    found = []
-    for call in re.finditer(r"m\.def\(\s*((?:\"(?:[^\"\\]|\\.)*\"\s*)+)", text):
-        schema = "".join(re.findall(r"\"((?:[^\"\\]|\\.)*)\"", call.group(1)))
-        found.append(schema)
-    return found
+    literal = r"\"((?:[^\"\\]|\\.)*)\""
+    return ["".join(re.findall(literal, call.group(1)))
+            for call in re.finditer(r"m\.def\(\s*((?:\"(?:[^\"\\]|\\.)*\"\s*)+)", text)]
 
 
 def cuda_sources() -> list[str]:

@@ -11,4 +11,5 @@ export ONESHOT_EMU_SANITIZE=1
 $PY tests/cuda_emu/build.py > /dev/null
 ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1 \
   LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
-  $PY -m pytest -q -p no:cacheprovider tests/test_cuda_emu.py "$@" 2> >(grep -v "swapcontext\|False positive\|sanitizers/issues/189\|__asan_handle_no_return" >&2)
+  $PY -m pytest -q -p no:cacheprovider tests/test_cuda_emu.py "$@" \
+  2> >(grep -v "swapcontext\|False positive\|sanitizers/issues/189\|__asan_handle_no_return" >&2)
