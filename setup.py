@@ -103,8 +103,9 @@ class BuildExt(BuildExtension):
 EXTENSIONS, WITH_CUDA = _extensions()
 
 setup(
-    packages=find_packages(include=["oneshot", "oneshot.*"]) + ["oneshot.kernels"],
-    package_dir={"oneshot": "oneshot", "oneshot.kernels": "kernels"},
+    # Only `oneshot` and its subpackages: the Triton kernels live in oneshot/kernels, never at the top level,
+    # where a folder named like a PyPI distribution (Hugging Face's `kernels`) would shadow it (issue 14).
+    packages=find_packages(include=["oneshot", "oneshot.*"]),
     ext_modules=EXTENSIONS,
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )
