@@ -11,16 +11,13 @@ depend on them).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import _harness as H  # noqa: E402
-from oneshot import cameras  # noqa: E402
-from oneshot.face3d import Coeffs, builtin_model  # noqa: E402
-from oneshot.models import OneShotAvatar  # noqa: E402
+import _harness as H
+from oneshot import cameras
+from oneshot.face3d import Coeffs, builtin_model
+from oneshot.models import OneShotAvatar
 
 OP = "avatar"
 

@@ -10,15 +10,11 @@ bent into a face-like dome and projected to cover the centre of the image as a f
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import _harness as H  # noqa: E402
-from oneshot import cameras, ops  # noqa: E402
-from oneshot.face3d import MorphableModel, render  # noqa: E402
+import _harness as H
+from oneshot import cameras, ops
+from oneshot.face3d import MorphableModel, render
 
 OP = "rasterize_mesh"
 

@@ -10,16 +10,12 @@ query), "fwd" includes the feature gather into [B, 3, C, H, W] planes, "fwd+bwd"
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import _harness as H  # noqa: E402
-from benchmarks.scenes import lifted_depth  # noqa: E402
-from oneshot import ops  # noqa: E402
-from oneshot.ops import reference  # noqa: E402
+import _harness as H
+from _scenes import lifted_depth
+from oneshot import ops
+from oneshot.ops import reference
 
 OP = "rasterize_points"
 AXES = ops.PLANE_AXES_GOHA

@@ -5,15 +5,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import _harness as H  # noqa: E402
-from benchmarks.scenes import ray_samples  # noqa: E402
-from oneshot import ops  # noqa: E402
+import _harness as H
+from _scenes import ray_samples
+from oneshot import ops
 
 OP = "triplane_sample"
 

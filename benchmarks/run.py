@@ -9,12 +9,12 @@ rasterize_points on CPU). Correctness is the tests' job (tests/); this only time
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import _harness as H  # noqa: E402
-from benchmarks import bench_mesh, bench_raster, bench_raymarch, bench_triplane  # noqa: E402
+import _harness as H
+import bench_mesh
+import bench_raster
+import bench_raymarch
+import bench_triplane
 
 BENCHES = {"triplane": bench_triplane, "raymarch": bench_raymarch, "raster": bench_raster, "mesh": bench_mesh}
 
