@@ -7,7 +7,8 @@
 #   PYTHON          interpreter for the venv (default python3)
 #   TORCH_SPEC      torch requirement (default torch==2.13.0, the CPU build; e.g. torch==2.14.1 for CUDA). The
 #                   lock is for the default torch: with another one, torch and triton are left free.
-#   ONESHOT_EXTRAS  extras to install with oneshot (default test)
+#   ONESHOT_EXTRAS  extras to install with oneshot (default test); "test" and "faces" also install the face front
+#                   end the lean way (scripts/install_faces.sh: MediaPipe without its unused dependencies)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VENV:-.venv}"
@@ -36,10 +37,14 @@ esac
 python -m pip install -q -U pip
 python -m pip install -q -U "${PIN[@]}" setuptools wheel ninja
 python -m pip install -q "${PIN[@]}" "$TORCH_SPEC"
+EXTRAS="${ONESHOT_EXTRAS:-test}"
+PIP_EXTRAS=$(echo "$EXTRAS" | tr ',' '\n' | grep -vx faces | paste -sd, - || true)
 # --no-build-isolation: compile against the torch installed above, never a freshly downloaded one.
-MAX_JOBS="${MAX_JOBS:-2}" python -m pip install -q "${PIN[@]}" --no-build-isolation -e ".[${ONESHOT_EXTRAS:-test}]"
+MAX_JOBS="${MAX_JOBS:-2}" python -m pip install -q "${PIN[@]}" --no-build-isolation -e ".${PIP_EXTRAS:+[$PIP_EXTRAS]}"
 # GFPGAN's own architecture, for the super-resolution compatibility tests only: --no-deps, since its
 # dependency basicsr breaks the CPU torch and modern torchvision (oneshot never imports it at run time).
-if [[ "${ONESHOT_EXTRAS:-test}" == *test* ]]; then python -m pip install -q --no-deps "gfpgan==1.3.8"; fi
+if [[ "$EXTRAS" == *test* ]]; then python -m pip install -q --no-deps "gfpgan==1.3.8"; fi
+# The face front end (its tests run in the suite): MediaPipe without the ~530 MB it declares but never imports.
+if [[ "$EXTRAS" == *test* || "$EXTRAS" == *faces* ]]; then bash scripts/install_faces.sh "${PIN[@]}"; fi
 python -c "import oneshot.ops as o; print('oneshot backends:', o.backend_info())"
 echo "oneshot: dependencies: $ONESHOT_DEPS ($VENV; $(python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|kernels) ' | tr -s ' ' | paste -sd, -))"

@@ -13,6 +13,9 @@
   framed for the avatar), :func:`pose_to_camera` / :func:`camera_to_pose` (its pose <-> the 25-float label),
   :func:`fit_landmarks` (pose, identity, expression from 68 landmarks by optimisation), :func:`estimate_face`
   (all of it for a portrait, with or without the regressor :class:`ReconNet`).
+* Faces in images and videos (the ``faces`` extra): :class:`FaceFrontEnd` (MediaPipe Face Mesh: faces, 478
+  points, the 68 iBUG ones via :func:`ibug68_from_mediapipe`, a person matte; tracking for videos),
+  :func:`detect_faces`, :func:`face_matte`; :class:`OneEuroFilter` to smooth per-frame signals.
 * :class:`Coeffs`: the per-image coefficients of one model (identity, expression, albedo, lighting, pose), tied
   to that model by its fingerprint; Deep3DFaceRecon's 257-vector converts to and from it.
 
@@ -26,7 +29,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .align import Alignment, align_face, five_points, similarity_from_landmarks, standard_landmarks
+from .align import (CANONICAL_FIVE, Alignment, align_face, canonical_similarity, five_points, similarity_from_landmarks,
+                    standard_landmarks)
+from .detect import DetectedFace, FaceFrontEnd, FacesUnavailableError, detect_faces, face_matte, faces_available
+from .mediapipe68 import ibug68_from_mediapipe
 from .builtin import EXPRESSIONS, builtin_model
 from .coeffs import Coeffs
 from .loaders import BFM_WORLD_SCALE, ICT_WORLD_SCALE, from_bfm, from_ict_facekit
@@ -35,12 +41,15 @@ from .model import REGIONS, MorphableModel
 from .pose import RECON_FOCAL, camera_to_pose, euler_rotation, pose_to_camera, rotation_to_euler
 from .recon import ReconNet, load_recon_checkpoint
 from .renderer import RenderResult, frontal_render, neutral_render, render
+from .smooth import OneEuroFilter, smooth_sequence
 
 __all__ = ["MorphableModel", "Coeffs", "load_model", "ReconNet", "load_recon_checkpoint", "render", "frontal_render", "neutral_render", "RenderResult", "builtin_model", "from_bfm", "from_ict_facekit", "REGIONS",
            "EXPRESSIONS", "BFM_WORLD_SCALE", "ICT_WORLD_SCALE", "align_face", "Alignment", "five_points",
            "standard_landmarks", "similarity_from_landmarks", "fit_landmarks", "FitResult", "project_landmarks",
            "estimate_face", "FaceEstimate", "pose_to_camera", "camera_to_pose", "euler_rotation",
-           "rotation_to_euler", "RECON_FOCAL"]
+           "rotation_to_euler", "RECON_FOCAL", "CANONICAL_FIVE", "canonical_similarity", "FaceFrontEnd",
+           "DetectedFace", "FacesUnavailableError", "detect_faces", "face_matte", "faces_available",
+           "ibug68_from_mediapipe", "OneEuroFilter", "smooth_sequence"]
 
 
 def load_model(path: str | os.PathLike | None = None) -> MorphableModel:
