@@ -12,7 +12,7 @@ import torch
 
 from conftest import assert_close
 from oneshot import cameras, ops
-from oneshot.face3d import BFM_WORLD_SCALE, Coeffs, MorphableModel, from_bfm, from_ict_facekit
+from oneshot.face3d import BFM_WORLD_SCALE, ICT_WORLD_SCALE, Coeffs, MorphableModel, from_bfm, from_ict_facekit
 
 ICT = Path(__file__).resolve().parents[2] / "shared" / "assets" / "ict_facekit_face_f16.npz"
 
@@ -130,7 +130,14 @@ def test_ict_facekit_loader_and_frontal_render():
     m = from_ict_facekit(ICT)
     assert (m.num_vertices, m.num_identity, m.num_expression, m.faces.shape[0]) == (9409, 100, 57, 18461)
     assert m.exp_names[0] == "PupilDilate_L" and "jawOpen" in m.exp_names
-    assert float(m.mean.mean(0).abs().max()) < 1e-5  # recentred
+    # placed in the crops' canonical frame: its five points on the canonical ones (centroid and scale fitted; the
+    # rest is ICT-FaceKit's own proportions, wider-set eyes and a lower mouth than the canonical face)
+    from oneshot.face3d.align import CANONICAL_FIVE, five_points
+
+    five = five_points((m.mean[m.landmarks].double() / BFM_WORLD_SCALE)[None])[0]
+    torch.testing.assert_close(five.mean(0), CANONICAL_FIVE.mean(0), atol=1e-5, rtol=0)
+    assert float((five - CANONICAL_FIVE).norm(dim=1).max()) < 0.1
+    assert 0.8 < m.world_scale / ICT_WORLD_SCALE < 1.0
     assert float(m.mean.abs().max()) < 0.5  # inside the tri-plane box
     # Render from the frontal camera: every landmark projects onto the rendered face, left-right mirrored
     # pairs straddle the centre column, and eye/mouth landmarks fall in the eye/mouth regions' pixels.

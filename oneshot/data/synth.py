@@ -14,7 +14,13 @@ from .. import cameras
 from ..face3d import Coeffs, MorphableModel, load_model, render
 from .format import SampleWriter
 
-__all__ = ["synthesize", "head_pivot", "YAW_RANGE", "PITCH_RANGE"]
+__all__ = ["synthesize", "head_pivot", "YAW_RANGE", "PITCH_RANGE", "SYNTH_PIVOT"]
+
+#: The point synthetic cameras look at, from EG3D's radius 2.7: the origin of the canonical face frame, where a
+#: real crop's centre is too (oneshot.face3d.align: a frontal face at Deep3DFaceRecon's distance 10 = 2.7 world
+#: units, its five points at CANONICAL_FIVE). So a model trained on `data synth` sees real crops of the same
+#: framing: pivot, focal length and face scale.
+SYNTH_PIVOT = (0.0, 0.0, 0.0)
 
 YAW_RANGE = math.radians(45.0)
 PITCH_RANGE = math.radians(20.0)
@@ -46,9 +52,9 @@ def _sample_coeffs(model: MorphableModel, identity: torch.Tensor, albedo: torch.
 
 
 def head_pivot(model: MorphableModel) -> tuple[float, float, float]:
-    """The point synthetic cameras look at: the centre of the model's mean-shape bounding box (EG3D's pivot
-    (0, 0, 0.2) suits its cropped FFHQ heads, not a face-centred 3DMM turned by +-45 degrees). Orbit around it
-    (``cameras.orbit_labels(..., pivot=head_pivot(model))``) to keep a synthetic head in the frame."""
+    """The centre of the model's mean-shape bounding box: orbit around it (``cameras.orbit_labels(...,
+    pivot=head_pivot(model))``) to keep a whole synthetic head in the frame of a novel-view video. (Synthetic
+    training samples look at the canonical origin instead, as real crops do: :data:`SYNTH_PIVOT`.)"""
     return tuple(float(x) for x in (model.mean.amax(0) + model.mean.amin(0)) / 2)
 
 
@@ -58,16 +64,14 @@ def synthesize(out, n: int, *, model: MorphableModel | None = None, model_path=N
 
     Identities (identity ~ N(0, 0.8^2) per mode, albedo ~ N(0, 0.5^2)) get `per_identity` samples each, with
     random expressions (each mode on with probability 0.4, weight ~ U(0, 1)), mostly white SH lighting, a yaw
-    in +-45 and a pitch in +-20 degrees on EG3D's orbit (radius 2.7) around the head's centre, and a random
-    uniform background.
+    in +-45 and a pitch in +-20 degrees on EG3D's orbit (radius 2.7) around :data:`SYNTH_PIVOT` (the crops'
+    framing), and a random uniform background.
     """
     if n < 0 or per_identity < 1 or resolution < 1:
         raise ValueError(f"need n >= 0, per_identity >= 1 and resolution >= 1, got {n}, {per_identity}, {resolution}")
     model = model if model is not None else load_model(model_path)
-    # The orbit's centre: the head's bounding-box centre, so that turned heads stay in the frame (EG3D's
-    # pivot (0, 0, 0.2) suits its cropped FFHQ heads, not a face-centred 3DMM at +-45 degrees). The labels
-    # record the actual cameras.
-    pivot = head_pivot(model)
+    # The orbit's centre: the canonical origin, as in real crops (the labels record the actual cameras).
+    pivot = SYNTH_PIVOT
     g = torch.Generator().manual_seed(int(seed))
     start = time.time()
     written = 0

@@ -6,9 +6,14 @@ nose tip, mouth corners) to the image's five points (``POS``), takes its scale s
 the image by ``102 / s`` and cuts 224 x 224 around t. The 102 is 1015 px focal / camera distance 10: in the crop
 a head at the canonical distance has its natural size, so the regressed translation stays near zero.
 
-The standard landmarks are derived here from the morphable model's mean shape (Deep3DFaceRecon's own
-``similarity_Lm3D_all.mat`` is a licensed download; pass it as ``standard=`` if you have it), in
-Deep3DFaceRecon's units (world / 0.27). Landmarks are in pixel coordinates of the input image: x to the
+One framing for every face, whatever the morphable model: crops are aligned to :data:`CANONICAL_FIVE`, five
+standard points in Deep3DFaceRecon's units (world / 0.27) that put a frontal face where EG3D's crops have it (the
+built-in model's mean, made left-right symmetric: at 512 x 512 its eye centres land at y = 178 and its mouth
+corners at y = 324, EG3D's 178 / 324). Deep3DFaceRecon's own ``similarity_Lm3D_all.mat`` is a licensed
+download; pass it as ``standard=`` if you have it. The loaders place every model in this frame (BFM by
+Deep3DFaceRecon's own recentring, the others by a similarity fit of their mean shape's five points), and
+synthetic samples look at its origin from EG3D's radius, so real crops and synthetic samples agree in pivot,
+focal length and face scale. Landmarks are in pixel coordinates of the input image: x to the
 right, y down, pixel (i, j) centred at (j + 0.5, i + 0.5). Unlike Deep3DFaceRecon, which truncates the
 rescaled size and crop box to integers, the crop here is the exact similarity (bilinear, after an integer box
 filter when it shrinks by 2x or more),
@@ -28,10 +33,16 @@ from .model import MorphableModel
 from .pose import RECON_FOCAL, RECON_RESOLUTION
 
 __all__ = ["five_points", "standard_landmarks", "similarity_from_landmarks", "align_face", "Alignment",
-           "RESCALE"]
+           "RESCALE", "CANONICAL_FIVE", "canonical_similarity"]
 
 #: Pixels per Deep3DFaceRecon unit (decimetre) in its 224 crop.
 RESCALE = 102.0
+
+#: The five standard points every crop is aligned to (Deep3DFaceRecon's units, x right, y up, z out of the face):
+#: left and right eye centre (image order), nose tip, left and right mouth corner.
+CANONICAL_FIVE = torch.tensor([[-0.276676, 0.353181, 0.107321], [0.276676, 0.353181, 0.107321],
+                               [0.0, 0.033615, 0.398802], [-0.237587, -0.309914, 0.049543],
+                               [0.237587, -0.309914, 0.049543]], dtype=torch.float64)
 
 
 class Alignment(NamedTuple):
@@ -74,6 +85,19 @@ def standard_landmarks(model: MorphableModel | None = None) -> Tensor:
     return five_points(lm[None])[0]
 
 
+def canonical_similarity(points: Tensor) -> tuple[float, Tensor]:
+    """(scale, translation [3]) that best map 3D five points [5, 3] (Deep3DFaceRecon's units) onto
+    :data:`CANONICAL_FIVE` by ``scale * p + translation`` (least squares, no rotation): how a loader places a
+    morphable model in the canonical frame."""
+    p = torch.as_tensor(points, dtype=torch.float64)
+    if p.shape != (5, 3):
+        raise ValueError(f"points must be [5, 3], got {list(p.shape)}")
+    q = CANONICAL_FIVE
+    pc, qc = p - p.mean(0), q - q.mean(0)
+    scale = float((pc * qc).sum() / (pc * pc).sum())
+    return scale, q.mean(0) - scale * p.mean(0)
+
+
 def similarity_from_landmarks(points: Tensor, standard: Tensor, height: int) -> tuple[Tensor, Tensor]:
     """Deep3DFaceRecon's ``POS``: the affine camera that best maps the standard 3D points [5, 3] (or [68, 3])
     onto image points [B, 5, 2] (or 68; pixels, y down, in an image `height` tall), by least squares.
@@ -101,16 +125,15 @@ def similarity_from_landmarks(points: Tensor, standard: Tensor, height: int) -> 
 
 
 def align_face(image: Tensor, landmarks: Tensor, *, size: int = RECON_RESOLUTION, focal: float = RECON_FOCAL,
-               standard: Tensor | None = None, model: MorphableModel | None = None,
-               padding_mode: str = "zeros") -> Alignment:
+               standard: Tensor | None = None, padding_mode: str = "zeros") -> Alignment:
     """Crop faces to `size` x `size` by Deep3DFaceRecon's 5-point alignment.
 
     image [B, C, H, W] (or [C, H, W]) float; landmarks [B, 68 or 5, 2] in its pixel coordinates. With the
     defaults this is Deep3DFaceRecon's 224 crop (the regressor's input: focal 1015 px, normalised
     :data:`~oneshot.face3d.pose.RECON_FOCAL`); with ``focal=oneshot.cameras.FOCAL`` it is the same view framed as
     EG3D frames its images, for which :func:`~oneshot.face3d.pose_to_camera` of the regressed pose is the
-    camera label. standard: 3D standard landmarks [5, 3] or [68, 3] in Deep3DFaceRecon's units (default: from
-    `model`'s mean, the built-in model if None).
+    camera label. standard: 3D standard landmarks [5, 3] or [68, 3] in Deep3DFaceRecon's units (default
+    :data:`CANONICAL_FIVE`, the same for every morphable model).
     """
     if not isinstance(image, Tensor) or image.dim() not in (3, 4) or not image.is_floating_point():
         raise ValueError(f"image must be a float tensor [B, C, H, W] or [C, H, W], got "
@@ -125,7 +148,7 @@ def align_face(image: Tensor, landmarks: Tensor, *, size: int = RECON_RESOLUTION
     if not (focal > 0):
         raise ValueError(f"focal must be > 0, got {focal!r}")
     B, C, H, W = image.shape
-    std = standard_landmarks(model) if standard is None else torch.as_tensor(standard, dtype=torch.float64)
+    std = CANONICAL_FIVE if standard is None else torch.as_tensor(standard, dtype=torch.float64)
     if std.shape[0] == 68:
         std = five_points(std[None])[0]
     scale, t = similarity_from_landmarks(five_points(lm[..., :2]), std, H)

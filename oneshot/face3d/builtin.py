@@ -184,4 +184,5 @@ def builtin_model() -> MorphableModel:
     mean, ids, exps, faces, landmarks, alb, tex = _build()
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return MorphableModel("builtin", t(mean).float(), t(ids).float(), t(exps).float(), t(faces), t(landmarks),
-                          albedo_mean=t(alb).float(), albedo_basis=t(tex).float(), exp_names=list(EXPRESSIONS))
+                          albedo_mean=t(alb).float(), albedo_basis=t(tex).float(), exp_names=list(EXPRESSIONS),
+                          identity_range=(-3.0, 3.0), expression_range=(0.0, 1.0))

@@ -14,7 +14,8 @@ __all__ = ["from_bfm", "from_ict_facekit", "BFM_WORLD_SCALE", "ICT_WORLD_SCALE"]
 
 #: world = 0.27 x recentred BFM decimetres (EG3D's preprocessing: Deep3DFaceRecon's camera distance 10 -> 2.7).
 BFM_WORLD_SCALE = 0.27
-#: ICT-FaceKit is in centimetres: the same world units.
+#: ICT-FaceKit is in centimetres: the same world units (nominally; the loader also fits the scale, see
+#: :func:`from_ict_facekit`).
 ICT_WORLD_SCALE = 0.027
 
 _BFM_KEYS = ("meanshape", "idBase", "exBase", "tri", "keypoints")
@@ -104,8 +105,13 @@ def from_bfm(path) -> MorphableModel:
 def from_ict_facekit(path) -> MorphableModel:
     """ICT-FaceKit in the npz layout of ``ict_facekit_face_f16.npz``: ``mean`` [V, 3] (cm), ``id_basis``
     [K_id, V, 3], ``exp_basis`` [K_exp, V, 3] (blendshape offsets, weights in [0, 1]), ``exp_names``,
-    ``tris`` [F, 3] (0-based), ``landmarks68`` [68]. No albedo. Recentred and scaled by
-    :data:`ICT_WORLD_SCALE`."""
+    ``tris`` [F, 3] (0-based), ``landmarks68`` [68]. No albedo.
+
+    Placed in the canonical frame of the crops (:data:`~oneshot.face3d.align.CANONICAL_FIVE`): scaled and
+    translated (no rotation) so that its mean shape's five points (eye centres, nose tip, mouth corners) best
+    match the canonical ones, so that a fitted or synthetic ICT-FaceKit face is framed as every other face is. For
+    the shared model that is 0.91 x :data:`ICT_WORLD_SCALE` (``world_scale`` holds the scale used).
+    """
     p = _path(path, "ICT-FaceKit model")
     try:
         d = np.load(str(p), allow_pickle=False)
@@ -118,11 +124,19 @@ def from_ict_facekit(path) -> MorphableModel:
     mean = d["mean"].astype(np.float64)
     if mean.ndim != 2 or mean.shape[1] != 3:
         raise ValueError(f"{p}: mean must be [V, 3], got {mean.shape}")
-    mean = mean - mean.mean(axis=0, keepdims=True)
-    s = ICT_WORLD_SCALE
+    from .align import canonical_similarity, five_points
+
+    lm = d["landmarks68"].astype(np.int64)
+    if lm.shape != (68,) or lm.min() < 0 or lm.max() >= len(mean):
+        raise ValueError(f"{p}: landmarks68 must be 68 vertex indices in 0 .. {len(mean) - 1}")
+    # cm -> Deep3DFaceRecon's decimetres, then the similarity onto the canonical five points, then world units
+    k, shift = canonical_similarity(five_points(torch.from_numpy(mean[lm] * 0.1)[None])[0])
+    s = ICT_WORLD_SCALE * k
+    world_mean = mean * s + (shift.numpy() * BFM_WORLD_SCALE)[None]
     names = [str(n) for n in d["exp_names"]] if "exp_names" in d.files else None
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return MorphableModel(
-        "ict-facekit", t(mean * s).float(), t(d["id_basis"].astype(np.float32) * s), t(d["exp_basis"].astype(np.float32) * s),
+        "ict-facekit", t(world_mean).float(), t(d["id_basis"].astype(np.float32) * s), t(d["exp_basis"].astype(np.float32) * s),
         t(d["tris"].astype(np.int64)), t(d["landmarks68"].astype(np.int64)), exp_names=names, world_scale=s,
+        identity_range=(-3.0, 3.0), expression_range=(0.0, 1.0),  # unit-variance modes; blendshape weights
     )

@@ -75,12 +75,16 @@ class MorphableModel(nn.Module):
             landmarks when missing.
         exp_names: optional names of the expression modes.
         world_scale: the similarity scale applied to the source units (documentation; already applied).
+        identity_range, expression_range: optional (low, high) bounds of plausible coefficients, which fits
+            keep to (e.g. (0, 1) for blendshape weights, (-3, 3) for unit-variance identity modes); None:
+            unbounded (only the fit's L2 prior holds them).
     """
 
     def __init__(self, name: str, mean: Tensor, id_basis: Tensor, exp_basis: Tensor, faces: Tensor, landmarks: Tensor,
                  albedo_mean: Tensor | None = None, albedo_basis: Tensor | None = None,
                  regions: dict[str, Tensor] | None = None, exp_names: list[str] | None = None,
-                 world_scale: float = 1.0):
+                 world_scale: float = 1.0, identity_range: tuple[float, float] | None = None,
+                 expression_range: tuple[float, float] | None = None):
         super().__init__()
         V = mean.shape[0]
         if mean.dim() != 2 or mean.shape[1] != 3:
@@ -102,6 +106,12 @@ class MorphableModel(nn.Module):
             raise ValueError(f"albedo_basis must be [K, V, 3], got {list(albedo_basis.shape)}")
         if exp_names is not None and len(exp_names) != exp_basis.shape[0]:
             raise ValueError(f"exp_names must name the {exp_basis.shape[0]} expression modes, got {len(exp_names)}")
+        for nm, rng in (("identity_range", identity_range), ("expression_range", expression_range)):
+            if rng is not None and not (len(rng) == 2 and float(rng[0]) < float(rng[1])):
+                raise ValueError(f"{nm} must be (low, high) with low < high, or None, got {rng!r}")
+        self.identity_range = None if identity_range is None else (float(identity_range[0]), float(identity_range[1]))
+        self.expression_range = None if expression_range is None else (float(expression_range[0]),
+                                                                       float(expression_range[1]))
         self.name = name
         self.exp_names = list(exp_names) if exp_names is not None else None
         self.world_scale = float(world_scale)

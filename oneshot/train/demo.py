@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import cameras
-from ..data import FaceDataset, head_pivot, synthesize
+from ..data import FaceDataset, synthesize
+from ..data.synth import SYNTH_PIVOT
 from ..face3d import builtin_model
 from ..imageio import write_png
 from ..models import AvatarConfig, OneShotAvatar
@@ -83,14 +84,14 @@ def _write_gif(path: Path, frames: list[np.ndarray], fps: float = 12) -> None:
 @torch.no_grad()
 def write_orbit(model: OneShotAvatar, ds: FaceDataset, out, *, frames: int = 36, seed: int = 0, size: int = 128,
                 index: int = 0) -> list[np.ndarray]:
-    """Novel views of the first sample of identity `index` (its own expression) on an orbit around the synthetic
-    heads' pivot: ``out/orbit.gif`` and six of its frames side by side in ``out/orbit_frames.png``."""
+    """Novel views of the first sample of identity `index` (its own expression) on an orbit around the pivot the
+    synthetic training views look at: ``out/orbit.gif`` and six of its frames side by side in ``out/orbit_frames.png``."""
     out = Path(out)
     members = list(ds.identities.values())[index]
     b = collate_pairs(ds, [(members[0], members[0])], model.face_model)
     avatar = model.eval().reconstruct(b["source_image"], b["source_camera"], b["source_coeffs"], seed=seed)
     n = max(frames, 6)
-    cams = cameras.orbit_labels(n, yaw_range=0.6, pitch_range=0.15, pivot=head_pivot(model.face_model))
+    cams = cameras.orbit_labels(n, yaw_range=0.6, pitch_range=0.15, pivot=SYNTH_PIVOT)
     images = []
     for k in range(n):
         anim = model.animate(avatar, b["source_coeffs"], cams[k:k + 1], super_resolve=False, seed=seed)
