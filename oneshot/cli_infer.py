@@ -1,17 +1,22 @@
 """``oneshot reconstruct`` and ``oneshot animate``: a trained avatar from one portrait, shown on a novel-view orbit
 or driven by a video.
 
-    oneshot reconstruct --checkpoint CKPT SOURCE --landmarks FILE --out DIR [--matte PNG] [--face-model PATH]
-                        [--recon EPOCH_20.pth] [--frames 48] [--batch 8] [--fps 24] [--save-frames] [--no-sr]
-                        [--seed 0] [--device cpu|cuda] [--quiet]
-    oneshot animate --checkpoint CKPT SOURCE DRIVING --landmarks FILE --driving-landmarks FILE --out OUT.mp4
-                    [--matte PNG] [--face-model PATH] [--recon PTH] [--relative-pose] [--batch 8] [--fps]
-                    [--no-compare] [--keep-frames] [--resume] [--no-sr] [--seed 0] [--device] [--quiet]
+    oneshot reconstruct --checkpoint CKPT SOURCE --out DIR [--landmarks FILE] [--matte PNG | --no-matte]
+                        [--face-model PATH] [--recon EPOCH_20.pth] [--frames 48] [--batch 8] [--fps 24]
+                        [--save-frames] [--no-sr] [--seed 0] [--device cpu|cuda] [--quiet]
+    oneshot animate --checkpoint CKPT SOURCE DRIVING --out OUT.mp4 [--landmarks FILE] [--driving-landmarks FILE]
+                    [--matte PNG | --no-matte] [--no-smooth] [--face-model PATH] [--recon PTH] [--relative-pose]
+                    [--batch 8] [--fps] [--no-compare] [--keep-frames] [--resume] [--no-sr] [--seed 0] [--device]
+                    [--quiet]
 
-Landmarks (oneshot has no detector: bring them from one, e.g. face_alignment or dlib) are pixel coordinates of
-the image they belong to, x right, y down, the top-left pixel's centre at (0.5, 0.5) (add 0.5 to coordinates of
-detectors that put it at (0, 0)); the 68 iBUG points, or 5 (eye centres, nose tip, mouth corners) with
-``--recon``. They are needed with ``--recon`` too: the crop (the avatar's and the regressor's) is aligned on them.
+Faces: with the ``faces`` extra installed (``pip install 'oneshot[faces]'``, MediaPipe's models inside the
+wheel), nothing else is needed: the source's landmarks and matte and every driving frame's landmarks are found
+by :mod:`oneshot.face3d.detect` (driving frames are tracked, not detected from scratch each frame). Files still
+take precedence when given. Landmarks are pixel coordinates of the image they belong to, x right, y down, the
+top-left pixel's centre at (0.5, 0.5) (add 0.5 to coordinates of detectors that put it at (0, 0)): the 68 iBUG
+points, MediaPipe's 478 (or 468) Face Mesh points (mapped to the 68 by :mod:`oneshot.face3d.mediapipe68`), or 5
+(eye centres, nose tip, mouth corners) with ``--recon``. They are needed with ``--recon`` too: the crop (the
+avatar's and the regressor's) is aligned on them.
 
 * one image (``--landmarks``): JSON ``{"landmarks": [[x, y], ...]}`` (or the bare list), ``.npy`` [K, 2] or a
   ``.txt`` with one ``x y`` (or ``x,y``) line per point; a third column (depth, confidence) is ignored;
@@ -19,10 +24,12 @@ detectors that put it at (0, 0)); the 68 iBUG points, or 5 (eye centres, nose ti
   one entry per driving frame (N must be the number of frames); one frame may also be given as for an image.
 
 The model wants the background removed (GOHA multiplies its images by a matte; the background becomes black).
-There is no matting network here: ``--matte`` takes an 8-bit matte of the source (255 = head; an RGBA source's
-alpha is used when no matte is given). Without either, the background is kept, which the model was not trained
-on. Driving frames need no matte: only their landmarks (and, with ``--recon``, the regressor, which was trained on
-unmatted images) are used.
+``--matte`` takes an 8-bit matte of the source (255 = head); else an RGBA source's alpha is used; else, with the
+``faces`` extra, MediaPipe's selfie segmentation makes one (``--no-matte`` keeps the background, which the model
+was not trained on). Driving frames need no matte: only their landmarks (and, with ``--recon``, the regressor,
+which was trained on unmatted images) are used. A driving video's landmarks are smoothed over time with a
+one-euro filter (:mod:`oneshot.face3d.smooth`; ``--no-smooth`` turns it off), which removes the detector's
+frame-to-frame jitter from the expression and pose.
 
 Crash safety of ``animate``: every finished frame is written at once as a PNG into ``<OUT stem>_frames/`` next to
 OUT, and streamed into ``<OUT stem>.partial.mp4`` (and ``<stem>_compare.partial.mp4``), which are closed properly
@@ -40,26 +47,32 @@ import sys
 from pathlib import Path
 
 __all__ = ["add_parsers", "reconstruct_command", "animate_command", "load_landmarks", "load_landmark_frames",
+           "track_landmarks", "smooth_landmarks", "landmark_jitter",
            "relative_cameras", "depth_images"]
 
 _LANDMARK_FORMATS = ('JSON {"landmarks": [[x, y], ...]}, .npy [K, 2] or .txt (one "x y" line per point), '
-                     "K = 68 iBUG points (or 5 with --recon)")
+                     "K = 68 iBUG points, 478 (or 468) MediaPipe Face Mesh points, or 5 with --recon")
 _FRAME_LANDMARK_FORMATS = 'JSON {"frames": [[[x, y], ...], ...]} or .npy [N, K, 2], one entry per driving frame'
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
 
 def _check_points(a, path: Path, frames: bool):
-    """float64 [K, 2] (or [N, K, 2] for `frames`) of landmarks read from `path`, checked."""
+    """float64 [K, 2] (or [N, K, 2] for `frames`) of landmarks read from `path`, checked; MediaPipe's 478 (or
+    468) Face Mesh points become the 68 iBUG points."""
     import numpy as np
 
+    from .face3d.mediapipe68 import ibug68_from_mediapipe
+
     a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 2 + frames or a.shape[-2] not in (5, 68) or a.shape[-1] not in (2, 3) or a.shape[0] == 0:
+    if a.ndim != 2 + frames or a.shape[-2] not in (5, 68, 468, 478) or a.shape[-1] not in (2, 3) or a.shape[0] == 0:
         want = "[N, K, 2]" if frames else "[K, 2]"
-        raise ValueError(f"{path}: landmarks must be {want} with K = 68 (iBUG) or 5, got {list(a.shape)}")
+        raise ValueError(f"{path}: landmarks must be {want} with K = 68 (iBUG), 478 or 468 (MediaPipe Face Mesh, "
+                         f"converted to the 68) or 5, got {list(a.shape)}")
     if not np.isfinite(a).all():
         raise ValueError(f"{path}: landmarks must be finite numbers")
-    return a[..., :2]
+    a = a[..., :2]
+    return ibug68_from_mediapipe(a) if a.shape[-2] in (468, 478) else a
 
 
 def _read_json(path: Path):
@@ -83,7 +96,8 @@ def _ragged(path: Path, e: Exception):
 
 
 def load_landmarks(path):
-    """The landmarks of one image from `path` as float32 [K, 2] pixels (K = 68 or 5): JSON
+    """The landmarks of one image from `path` as float32 [K, 2] pixels (K = 68 or 5; MediaPipe's 478 are mapped
+    to the 68): JSON
     ``{"landmarks": [[x, y], ...]}`` (or the bare list), ``.npy`` [K, 2] (or [1, K, 2]) or ``.txt``/``.csv``
     with one ``x y`` or ``x,y`` line per point. A third column is dropped."""
     import numpy as np
@@ -198,8 +212,27 @@ def _read_matte(path, size: tuple[int, int]):
     return torch.from_numpy(np.clip(a, 0, 1))[None, None]
 
 
-def _read_source(path, matte_path):
-    """The source portrait as float [1, 3, H, W] in [0, 1], matted; and a note on the matte used."""
+def _front_end(why: str, video: bool = False):
+    """A :class:`~oneshot.face3d.detect.FaceFrontEnd`, or a ValueError saying what to install or pass instead."""
+    from .face3d.detect import FaceFrontEnd, FacesUnavailableError
+
+    try:
+        return FaceFrontEnd(video=video)
+    except FacesUnavailableError as e:
+        raise ValueError(f"{why}: {e}") from None
+
+
+def _detect_one(front, rgb, path, what: str = "source"):
+    """The 68 landmarks [68, 2] of the largest face in uint8 `rgb`, and a note (faces found)."""
+    faces = front(rgb)
+    if not faces:
+        raise ValueError(f"{path}: no face found in the {what} image (pass --landmarks FILE if there is one)")
+    note = f"{len(faces)} faces found, using the largest" if len(faces) > 1 else "face detected"
+    return faces[0].landmarks, note
+
+
+def _read_source(path, matte_path, no_matte: bool = False, front=None):
+    """The source portrait as float [1, 3, H, W] in [0, 1], matted; a note on the matte used; the uint8 RGB."""
     import numpy as np
     import torch
     from PIL import Image
@@ -210,15 +243,19 @@ def _read_source(path, matte_path):
     try:
         with Image.open(p) as im:
             alpha = np.asarray(im.getchannel("A"), dtype=np.float32) / 255 if im.mode in ("RGBA", "LA") else None
-            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+            rgb8 = np.asarray(im.convert("RGB"))
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"{p}: not a readable image ({e})") from None
-    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
+    image = torch.from_numpy(rgb8.astype(np.float32) / 255).permute(2, 0, 1)[None].contiguous()
+    if no_matte:
+        return image, "no matte (--no-matte): background kept", rgb8
     if matte_path is not None:
-        return image * _read_matte(matte_path, (rgb.shape[1], rgb.shape[0])), f"matte {matte_path}"
+        return image * _read_matte(matte_path, (rgb8.shape[1], rgb8.shape[0])), f"matte {matte_path}", rgb8
     if alpha is not None:
-        return image * torch.from_numpy(alpha)[None, None], "the source's alpha channel as matte"
-    return image, "no matte: background kept (pass --matte)"
+        return image * torch.from_numpy(alpha)[None, None], "the source's alpha channel as matte", rgb8
+    if front is not None:
+        return image * front.matte(rgb8)[None, None], "matte from MediaPipe's selfie segmentation", rgb8
+    return image, "no matte: background kept (pass --matte, or install oneshot[faces] for one)", rgb8
 
 
 def _device(name):
@@ -241,9 +278,8 @@ def _device(name):
 def _check_common(a) -> None:
     if not Path(a.checkpoint).is_file():
         raise FileNotFoundError(f"avatar checkpoint: no such file: {a.checkpoint}")
-    if a.landmarks is None:
-        raise ValueError("the source needs landmarks: pass --landmarks FILE (" + _LANDMARK_FORMATS + "). oneshot has "
-                         "no landmark detector, and the crop is aligned on them (with --recon too)")
+    if a.matte is not None and a.no_matte:
+        raise ValueError("--matte and --no-matte contradict each other: give one")
     for name in ("recon", "face_model"):
         v = getattr(a, name)
         if v is not None and not Path(v).is_file():
@@ -283,13 +319,35 @@ def _estimate(model, recon, image, landmarks):
                          size=model.config.image_size)
 
 
+def _source_front_end(a):
+    """The face front end when the source needs it (no landmark file, or no matte given), else None; a missing
+    extra is an error only when the landmarks must be detected."""
+    from .face3d.detect import faces_available
+
+    if a.landmarks is None:
+        return _front_end("the source has no --landmarks FILE (" + _LANDMARK_FORMATS + ") and detecting them needs "
+                          "the faces extra")
+    if a.matte is None and not a.no_matte and faces_available():
+        return _front_end("matting the source")
+    return None
+
+
 def _read_source_inputs(a):
-    """The source image [1, 3, H, W] (matted), a note on its matte and its landmarks [1, K, 2], checked (before
-    the model loads, so that bad input fails at once)."""
-    image, matte_note = _read_source(a.source, a.matte)
-    lm = load_landmarks(a.landmarks)
-    _check_landmark_count(lm, a.landmarks, a.recon)
-    _check_inside(lm, image.shape[3], image.shape[2], str(a.landmarks))
+    """The source image [1, 3, H, W] (matted), a note on its matte and landmarks, and its landmarks [1, K, 2],
+    checked (before the model loads, so that bad input fails at once)."""
+    front = _source_front_end(a)
+    try:
+        image, matte_note, rgb8 = _read_source(a.source, a.matte, a.no_matte, front)
+        if a.landmarks is not None:
+            lm = load_landmarks(a.landmarks)
+            _check_landmark_count(lm, a.landmarks, a.recon)
+            _check_inside(lm, image.shape[3], image.shape[2], str(a.landmarks))
+        else:
+            lm, note = _detect_one(front, rgb8, a.source)
+            matte_note += f"; {note}"
+    finally:
+        if front is not None:
+            front.close()
     return image, matte_note, lm[None]
 
 
@@ -299,12 +357,18 @@ def _source(a, model, recon, inputs):
 
     image, matte_note, lm = inputs
     est = _estimate(model, recon, image, lm)
-    fit = "regressed" if est.error is None else f"fit error {float(est.error[0]):.2f} px"
+    fit = "regressed" if est.error is None else "landmark fit " + _fit_note(est, model.config.image_size, 0)
     _info(a, f"source {a.source}: {image.shape[3]} x {image.shape[2]}, {matte_note}; {fit} "
              f"(crop {model.config.image_size})")
     with torch.no_grad():
         avatar = model.reconstruct(est.image * 2 - 1, est.camera, est.coeffs, seed=a.seed)
     return est, avatar
+
+
+def _fit_note(est, size: int, i: int) -> str:
+    """The landmark distances left by the fit of face `i`, in pixels of a 512 x 512 crop (whatever the model's)."""
+    k = 512 / size
+    return f"error mean {float(est.mean_error[i]) * k:.2f} px, max {float(est.max_error[i]) * k:.2f} px (512² crop)"
 
 
 def _info(a, msg: str) -> None:
@@ -388,6 +452,67 @@ def relative_cameras(source_camera, driving_cameras, reference_camera):
     return camera_label(c2w.to(src_c2w.dtype), src_k.expand(c2w.shape[0], 3, 3))
 
 
+def track_landmarks(frames, *, quiet: bool = True):
+    """The 68 landmarks [N, 68, 2] of the largest face in every frame of `frames` (an iterable of uint8 RGB
+    frames with ``len``), tracked with the face front end; a frame without a face holds its neighbour's
+    landmarks (the previous frame's; the first found one before it). Raises ValueError when no frame has one."""
+    import torch
+    from tqdm import tqdm
+
+    out, missing = [], []
+    front = _front_end("the driving frames have no --driving-landmarks FILE (" + _FRAME_LANDMARK_FORMATS + ") and "
+                       "tracking them needs the faces extra", video=True)
+    with front, tqdm(total=len(frames), desc="track", unit="frame", disable=quiet, file=sys.stderr,
+                     dynamic_ncols=True) as bar:
+        for i, f in enumerate(frames):
+            faces = front(f)
+            if faces:
+                out.append(faces[0].landmarks)
+            else:
+                out.append(None)
+                missing.append(i)
+            bar.update(1)
+    found = [x for x in out if x is not None]
+    if not found:
+        raise ValueError(f"{getattr(frames, 'path', 'driving')}: no face found in any of its {len(out)} frames")
+    last = found[0]
+    for i, x in enumerate(out):
+        out[i] = last = x if x is not None else last
+    if missing and not quiet:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        print(f"no face in {len(missing)} of {len(out)} driving frames ({shown}): they hold a neighbour's landmarks",
+              file=sys.stderr)
+    return torch.stack(out).float()
+
+
+def _interocular(lm):
+    """[N] inter-ocular distances (eye centres) of iBUG landmarks [N, 68, 2]."""
+    return (lm[:, 36:42].mean(1) - lm[:, 42:48].mean(1)).norm(dim=-1)
+
+
+#: One-euro settings for driving landmarks, in inter-ocular distances (see oneshot.face3d.smooth): a still face is
+#: smoothed at 2 Hz, the cut-off rises by 20 Hz per inter-ocular distance per second of motion. Chosen on 4-second
+#: videos of the two portraits under a known smooth motion (noise and H.264 added): the tracker's frame-to-frame
+#: jitter about the true path drops by 38-48% for 0.06-0.13 px more RMS distance from it (lag).
+SMOOTH_MIN_CUTOFF, SMOOTH_BETA = 2.0, 20.0
+
+
+def smooth_landmarks(landmarks, fps: float, *, min_cutoff: float = SMOOTH_MIN_CUTOFF, beta: float = SMOOTH_BETA):
+    """iBUG landmarks [N, 68, 2] of a video at `fps`, one-euro filtered; speeds are measured in the face's
+    inter-ocular distance, so the settings hold at any image size."""
+    from .face3d.smooth import smooth_sequence
+
+    return smooth_sequence(landmarks, fps, scale=_interocular(landmarks).double(), min_cutoff=min_cutoff, beta=beta)
+
+
+def landmark_jitter(landmarks):
+    """The frame-to-frame jitter of iBUG landmarks [N, 68, 2] in inter-ocular distances (see
+    :func:`oneshot.face3d.smooth.jitter`)."""
+    from .face3d.smooth import jitter
+
+    return jitter(landmarks / _interocular(landmarks).mean())
+
+
 # -- commands -------------------------------------------------------------------------------------------------
 
 def reconstruct_command(a) -> int:
@@ -458,7 +583,7 @@ def _driving_batches(frames, landmarks, batch: int):
 
 #: The arguments that decide the frames: --resume refuses PNGs written with others.
 _RUN_KEYS = ("checkpoint", "source", "driving", "landmarks", "driving_landmarks", "matte", "face_model", "recon",
-             "batch", "no_sr", "seed", "relative_pose")
+             "batch", "no_sr", "seed", "relative_pose", "no_matte", "no_smooth")
 _PATH_KEYS = ("checkpoint", "source", "driving", "landmarks", "driving_landmarks", "matte", "face_model", "recon")
 
 
@@ -505,16 +630,21 @@ def animate_command(a) -> int:
     out = Path(a.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out must be an .mp4 file, got {out}")
-    if a.driving_landmarks is None:
-        raise ValueError("the driving frames need landmarks: pass --driving-landmarks FILE ("
-                         + _FRAME_LANDMARK_FORMATS + "); oneshot has no landmark detector, and each frame's crop is "
-                         "aligned on them (with --recon too)")
     frames = read_frames(a.driving, fps=a.fps)
-    driving_lm = load_landmark_frames(a.driving_landmarks)
-    if len(driving_lm) != len(frames):
-        raise ValueError(f"{a.driving_landmarks} has landmarks for {len(driving_lm)} frames, {a.driving} has "
-                         f"{len(frames)} frames: give one entry per frame")
-    _check_landmark_count(driving_lm, a.driving_landmarks, a.recon)
+    if a.driving_landmarks is not None:
+        driving_lm = load_landmark_frames(a.driving_landmarks)
+        if len(driving_lm) != len(frames):
+            raise ValueError(f"{a.driving_landmarks} has landmarks for {len(driving_lm)} frames, {a.driving} has "
+                             f"{len(frames)} frames: give one entry per frame")
+        _check_landmark_count(driving_lm, a.driving_landmarks, a.recon)
+    else:
+        driving_lm = track_landmarks(frames, quiet=a.quiet)
+    if not a.no_smooth and len(driving_lm) >= 3 and driving_lm.shape[1] == 68:
+        raw = driving_lm
+        driving_lm = smooth_landmarks(raw, frames.fps)
+        _info(a, f"driving landmarks smoothed (one-euro filter; --no-smooth turns it off): jitter "
+                 f"{float(landmark_jitter(raw)):.3f} -> {float(landmark_jitter(driving_lm)):.3f} inter-ocular "
+                 f"distances per frame²")
     paths = _output_paths(out)
     device = _device(a.device)
     inputs = _read_source_inputs(a)
@@ -537,7 +667,7 @@ def animate_command(a) -> int:
                 images = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float() / 255
                 drv = _estimate(model, recon, images, lm)
                 if drv.error is not None:
-                    errors.append(drv.error.cpu())
+                    errors.append(drv.mean_error.cpu() * (512 / model.config.image_size))
                 cams = drv.camera
                 if a.relative_pose:
                     if reference is None:
@@ -581,7 +711,8 @@ def animate_command(a) -> int:
     fit = ""
     if errors:
         e = torch.cat(errors)
-        fit = f"; driving fit error median {float(e.median()):.2f} px, max {float(e.max()):.2f} px"
+        fit = (f"; driving landmark fit: mean error per frame median {float(e.median()):.2f} px, max "
+               f"{float(e.max()):.2f} px (512² crop)")
     _info(a, f"rendered {N - reused} frames" + (f", reused {reused}" if reused else "") + fit)
     print(f"wrote {out} ({N} frames, {frames.fps:g} fps)" + (f" and {paths['compare']}" if compare else ""))
     return 0
@@ -590,8 +721,7 @@ def animate_command(a) -> int:
 # -- parsers --------------------------------------------------------------------------------------------------
 
 _LM_HELP = ("landmarks of SOURCE, in its pixel coordinates (x right, y down, top-left pixel centred at (0.5, 0.5)): "
-            + _LANDMARK_FORMATS + ". Required, also with --recon: the crop is aligned on them "
-            "(oneshot has no landmark detector)")
+            + _LANDMARK_FORMATS + ". Default: detected (needs the faces extra: pip install 'oneshot[faces]')")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -599,8 +729,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE", help="the source portrait (an image file)")
     p.add_argument("--landmarks", default=None, metavar="FILE", help=_LM_HELP)
     p.add_argument("--matte", default=None, metavar="PNG",
-                   help="8-bit matte of SOURCE (255 = head); the background becomes black, as in training. Without "
-                        "it (and without an alpha channel in SOURCE) the background is kept")
+                   help="8-bit matte of SOURCE (255 = head); the background becomes black, as in training. Default: "
+                        "SOURCE's alpha channel, else MediaPipe's selfie segmentation (faces extra), else none")
+    p.add_argument("--no-matte", action="store_true", help="keep SOURCE's background (no matte at all)")
     p.add_argument("--face-model", default=None, metavar="PATH",
                    help="the morphable model the avatar was trained with: a BFM .mat or an ICT-FaceKit .npz "
                         "(default: the built-in model)")
@@ -635,7 +766,8 @@ def add_parsers(subparsers) -> None:
     an = subparsers.add_parser(
         "animate", help="drive an avatar with a video, a folder of frames or an image",
         description="Reconstruct the avatar of SOURCE and render it with the expression and head pose of every "
-                    "DRIVING frame (estimated from the frame's landmarks, or regressed with --recon): OUT.mp4 and "
+                    "DRIVING frame (estimated from the frame's landmarks, tracked or from a file, or regressed with "
+                    "--recon): OUT.mp4 and "
                     "a side-by-side OUT_compare.mp4 (the driving frame's aligned crop | the render). Finished frames "
                     "are kept as PNGs in OUT_frames/ and a playable OUT.partial.mp4 until the end; after a crash, "
                     "rerun with --resume.")
@@ -645,7 +777,10 @@ def add_parsers(subparsers) -> None:
                          "of the names) or one image")
     an.add_argument("--driving-landmarks", default=None, metavar="FILE",
                     help="landmarks of every driving frame, in its pixels: " + _FRAME_LANDMARK_FORMATS
-                    + ". Required, also with --recon")
+                    + ". Default: tracked in the frames (needs the faces extra)")
+    an.add_argument("--no-smooth", action="store_true",
+                    help="use each driving frame's landmarks as they are (default: a one-euro filter over time "
+                         "removes the detector's jitter)")
     an.add_argument("--out", required=True, metavar="OUT.mp4", help="the output video")
     an.add_argument("--relative-pose", action="store_true",
                     help="move the source's head as the driving head moves relative to the first driving frame "

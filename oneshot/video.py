@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["Frames", "read_frames", "read_image", "VideoWriter", "write_video", "write_gif", "IMAGE_EXTENSIONS",
+__all__ = ["Frames", "read_frames", "read_image", "VideoWriter", "write_video", "write_gif", "moving_still", "IMAGE_EXTENSIONS",
            "VIDEO_EXTENSIONS", "DEFAULT_FPS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -314,3 +314,41 @@ def write_video(path, frames: Iterable, fps: float, **kwargs) -> int:
     if w.frames_written == 0:
         raise ValueError(f"{p}: no frames to write")
     return w.frames_written
+
+
+def moving_still(image: np.ndarray, n: int, *, fps: float = 25.0, angle: float = 6.0, shift: float = 0.04,
+                 zoom: float = 0.06, seconds_per_cycle: float = 2.0):
+    """A test video from one still: `n` uint8 frames [n, H, W, 3] of `image` (uint8 [H, W, 3]) under a smooth
+    similarity motion (rotation up to `angle` degrees, translation up to `shift` x the width, scale up to
+    1 +- `zoom`, sinusoids of incommensurate phases) about the image centre; and the motion as [n, 2, 3] matrices
+    mapping the still's pixel coordinates to each frame's. A driving video with a known, jitter-free head path.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {a.dtype} {list(a.shape)}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    H, W = a.shape[:2]
+    t = np.arange(n) / fps * 2 * math.pi / seconds_per_cycle
+    rot = np.radians(angle) * np.sin(t)
+    sc = 1 + zoom * np.sin(0.7 * t + 1.0)
+    tx, ty = shift * W * np.sin(0.5 * t + 2.0), shift * W * np.sin(0.9 * t + 0.5)
+    c = np.array([W / 2, H / 2])
+    mats = np.zeros((n, 2, 3))
+    for i in range(n):
+        R = sc[i] * np.array([[math.cos(rot[i]), -math.sin(rot[i])], [math.sin(rot[i]), math.cos(rot[i])]])
+        mats[i, :, :2] = R
+        mats[i, :, 2] = c + np.array([tx[i], ty[i]]) - R @ c
+    # frame pixel p <- still pixel M^-1 p, sampled bilinearly (pixel centres at +0.5, align_corners=False)
+    src = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float().expand(n, -1, -1, -1)
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    p = torch.stack([xs, ys], -1).double()  # [H, W, 2]
+    A = torch.from_numpy(mats).double()
+    Ainv = torch.linalg.inv(A[:, :, :2])
+    q = torch.einsum("nij,nhwj->nhwi", Ainv, p[None] - A[:, None, None, :, 2])
+    grid = torch.stack([q[..., 0] / W * 2 - 1, q[..., 1] / H * 2 - 1], -1).float()
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return (out.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()), mats

@@ -148,7 +148,7 @@ def test_landmark_files(tmp_path, world):
     assert load_landmark_frames(world["root"] / "driving.npy").shape == (4, 68, 2)
     assert load_landmark_frames(world["root"] / "source.json").shape == (1, 68, 2)
     np.save(tmp_path / "bad.npy", lm[1, :10])
-    with pytest.raises(ValueError, match=r"landmarks must be \[K, 2\] with K = 68 \(iBUG\) or 5, got \[10, 2\]"):
+    with pytest.raises(ValueError, match=r"landmarks must be \[K, 2\] with K = 68 \(iBUG\), 478 or 468 \(MediaPipe.*or 5, got \[10, 2\]"):
         load_landmarks(tmp_path / "bad.npy")
     (tmp_path / "bad.json").write_text(json.dumps({"points": []}))
     with pytest.raises(ValueError, match=r"expected \{\"landmarks\""):
@@ -256,15 +256,31 @@ def test_a_crash_mid_video_keeps_the_finished_frames_and_resume_completes(world,
     assert not (tmp_path / "out_frames").exists() and not (tmp_path / "out.partial.mp4").exists()
 
 
+def test_without_the_faces_extra_the_error_names_it(world, tmp_path, monkeypatch):
+    from oneshot.face3d import detect
+
+    def missing():
+        raise detect.FacesUnavailableError(detect.EXTRA_HINT + " (import failed: ModuleNotFoundError)")
+
+    monkeypatch.setattr(detect, "_solutions", missing)
+    src, lm, images, ckpt = world["source"], world["root"] / "source.json", world["images"], world["ckpt"]
+    with pytest.raises(ValueError, match=r"no --landmarks FILE .* needs the faces extra: .*pip install 'oneshot\[faces\]'"):
+        _run("reconstruct", "--checkpoint", ckpt, src, "--out", tmp_path / "r")
+    with pytest.raises(ValueError, match=r"no --driving-landmarks FILE .* needs the faces extra: .*oneshot\[faces\]"):
+        _run("animate", "--checkpoint", ckpt, src, images, "--landmarks", lm, "--out", tmp_path / "o.mp4")
+    # with landmark files the extra is not needed (no matte then: the background is kept, and said so)
+    assert _run("reconstruct", "--checkpoint", ckpt, src, "--landmarks", lm, "--out", tmp_path / "r", "--frames", 1,
+                "--no-sr", "--quiet") == 0
+
+
 def test_bad_arguments_say_what_to_supply(world, tmp_path):
     src, lm, images = world["source"], world["root"] / "source.json", world["images"]
     ckpt, drv = world["ckpt"], world["root"] / "driving.json"
     with pytest.raises(FileNotFoundError, match="avatar checkpoint: no such file"):
         _run("reconstruct", "--checkpoint", tmp_path / "none.safetensors", src, "--landmarks", lm, "--out", tmp_path)
-    with pytest.raises(ValueError, match="pass --landmarks FILE"):
-        _run("reconstruct", "--checkpoint", ckpt, src, "--out", tmp_path / "r")
-    with pytest.raises(ValueError, match="pass --driving-landmarks FILE"):
-        _run("animate", "--checkpoint", ckpt, src, images, "--landmarks", lm, "--out", tmp_path / "o.mp4")
+    with pytest.raises(ValueError, match="--matte and --no-matte contradict"):
+        _run("reconstruct", "--checkpoint", ckpt, src, "--landmarks", lm, "--matte", src, "--no-matte", "--out",
+             tmp_path / "r")
     np.save(tmp_path / "three.npy", world["lm"][:3])
     with pytest.raises(ValueError, match="landmarks for 3 frames, .* has 4 frames"):
         _run("animate", "--checkpoint", ckpt, src, images, "--landmarks", lm, "--driving-landmarks",
