@@ -99,8 +99,8 @@ def _convert_goha(a) -> int:
     model = load_goha_checkpoint(a.checkpoint, load_model(a.face_model))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    print(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters, preset goha-release, "
-          f"shared_up); use it with oneshot reconstruct|animate --checkpoint")
+    print(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters, preset goha-release "
+          f"(shared up_xy, as released); use it with oneshot reconstruct|animate --checkpoint")
     return 0
 
 

@@ -106,8 +106,9 @@ class AvatarConfig:
 PRESETS: dict[str, dict] = {
     # The paper: 128 x 128 main render, 512 images, canonical base for the lifting (cacheable per source).
     "paper": dict(),
-    # The released GOHA code: 224 x 224 main render, lifting at 128 x 128 on canonical + target expression.
-    "goha-release": dict(render_resolution=224, lift_base="canonical+expression"),
+    # The released GOHA code: 224 x 224 main render, lifting at 128 x 128 on canonical + target expression, and
+    # its IDUpsampler's up_xy on all three appearance planes.
+    "goha-release": dict(render_resolution=224, lift_base="canonical+expression", shared_up=True),
     # Small enough for one training step in about a second on a 2-core CPU (tests, smoke runs, the demo).
     "tiny": dict(image_size=128, plane_channels=16, encoder="mit-tiny", template_planes=True,
                  clip_to_box=True, embed_hidden=(64, 32), upsampler_hidden=32, decoder_hidden=32,

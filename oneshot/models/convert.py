@@ -4,7 +4,9 @@ GOHA's ``model_state_dict`` (1144 keys, transformers-4.x SegFormer names) maps o
 top-level modules (:data:`GOHA_MODULES`); the rest is dropped (:data:`GOHA_DROPPED`): the BiSeNet face parser
 (oneshot takes the eye/brow/mouth masks from the 3DMM instead), the expression upsampler that GOHA never calls,
 and buffers oneshot computes itself (ImageNet mean/std, the splatting grid, the canonical exemplar and pose).
-The released code runs ``IDUpsampler.up_xy`` on all three planes, so the avatar is built with ``shared_up=True``.
+The released code runs ``IDUpsampler.up_xy`` on all three planes, so the avatar is built with ``shared_up=True``
+(the goha-release preset's choice), and the converted state dict says so (``appearance_upsampler.shared_up_marker``):
+loading it into a model with one up branch per plane is a ValueError.
 
 The key map, the shapes and the strict load are tested against the layout in the reference listing of the
 released code; the real checkpoint was not available here, so outputs against GOHA's own were not compared.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import Tensor
 
 from .._checkpoint import check_state_dict, load_torch_file
@@ -61,12 +64,14 @@ def convert_goha_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         hint = " (strip the 'module.' prefix of a DistributedDataParallel model)" if \
             all(k.startswith("module.") for k in unknown) else ""
         raise ValueError(f"not a GOHA model state dict: {len(unknown)} unknown keys, e.g. {unknown[:3]}{hint}")
+    out["appearance_upsampler.shared_up_marker"] = torch.tensor(True)  # the released IDUpsampler: up_xy everywhere
     return out
 
 
 def load_goha_checkpoint(path: str | os.PathLike, face_model: MorphableModel | None = None, *,
                          preset: str = "goha-release", backend: str | None = None, **overrides) -> OneShotAvatar:
-    """A :class:`OneShotAvatar` (config `preset` with ``shared_up=True`` and `overrides`) holding the weights of
+    """A :class:`OneShotAvatar` (config `preset`, with ``shared_up=True`` whatever the preset, and `overrides`)
+    holding the weights of
     GOHA's released checkpoint (the ``.ckpt`` dict with ``model_state_dict``, or that state dict itself). Every
     key and shape must match: the check names the first differences."""
     ckpt = load_torch_file(path, "GOHA checkpoint")

@@ -447,6 +447,9 @@ class PlaneUpsampler(nn.Module):
 
     ``shared_up=True`` reproduces the released code, whose ``up`` is ``up_xy`` on all three planes (``up_xz`` and
     ``up_zy`` exist, for the checkpoint, but are never used). ``shared_up=False`` gives each plane its own branch.
+    Both have the same parameters, so the choice travels in the state dict as the boolean buffer
+    ``shared_up_marker``: loading weights made for the other choice is a ValueError, not a silent mismatch (a state
+    dict without the marker, from before it existed, loads as the module's own choice).
     """
 
     PLANES = ("xy", "xz", "zy")
@@ -464,6 +467,23 @@ class PlaneUpsampler(nn.Module):
                 nn.Conv2d(hidden, channels, 3, padding=1)))
         for name in self.PLANES:
             self.add_module(f"skip_{name}", nn.Conv2d(in_channels, channels, 1))
+        self.register_buffer("shared_up_marker", torch.tensor(bool(shared_up)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "shared_up_marker"
+        if key in state_dict and bool(state_dict[key]) != self.shared_up:
+            got = bool(state_dict[key])
+            where = prefix.rstrip(".") or "PlaneUpsampler"
+            raise ValueError(
+                f"{where}: these weights were made for shared_up={got} ("
+                + ("GOHA's released IDUpsampler: up_xy on all three planes" if got else "one up branch per plane")
+                + f"), this model has shared_up={self.shared_up}; build it with "
+                + ("AvatarConfig.preset_config('goha-release') or shared_up=True" if got else "shared_up=False"))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key not in state_dict and key in missing_keys:  # older weights: the module's own choice stands
+            missing_keys.remove(key)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, 3, in_channels, h, w] -> [B, 3, channels, scale*h, scale*w]
         _check_planes(x, 3, self.in_channels, "x")
