@@ -279,9 +279,11 @@ def test_data_prepare_video_and_image_folder_resumable(driving_video, tmp_path):
     for p in PORTRAITS.values():
         (folder / p.name).write_bytes(p.read_bytes())
     Image.new("RGB", (160, 120), (90, 120, 200)).save(folder / "no_face.png")
+    (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "ds"
     r = prepare([driving_video[0], folder], out, resolution=128, frames=3, progress=False)
-    assert r.written == 3 + 2 and r.sources == 4 and len(r.no_face) == 1 and r.no_face[0].endswith("no_face.png")
+    assert r.written == 3 + 2 and r.sources == 5 and len(r.no_face) == 1 and r.no_face[0].endswith("no_face.png")
+    assert len(r.failed) == 1 and "broken.png" in r.failed[0]
     ds = FaceDataset(out)
     assert len(ds) == 5 and len(ds.identities) == 3
     video_ids = [k for k, v in ds.identities.items() if len(v) == 3]
@@ -294,7 +296,7 @@ def test_data_prepare_video_and_image_folder_resumable(driving_video, tmp_path):
     log = (out / "prepare.jsonl").read_text().splitlines()
     (out / "prepare.jsonl").write_text("\n".join(log[:2]) + "\n")
     again = prepare([driving_video[0], folder], out, resolution=128, frames=3, progress=False)
-    assert again.resumed == 2 and again.sources == 2 and again.written == 0
+    assert again.resumed == 2 and again.sources == 3 and again.written == 0
     assert len(FaceDataset(out)) == 5
     with pytest.raises(ValueError, match="frames must be an int >= 1"):
         prepare([folder], out, frames=0)

@@ -135,7 +135,11 @@ class _Worker:
             return {"source": str(path), "status": "failed", "error": f"{type(e).__name__}: {e}", "samples": []}
         samples, missing = [], []
         for idx, rgb in sampled:
-            s = self.sample(rgb)
+            try:
+                s = self.sample(rgb)
+            except (ValueError, RuntimeError) as e:  # e.g. degenerate landmarks: this source fails, the run goes on
+                return {"source": str(path), "status": "failed", "error": f"frame {idx}: {type(e).__name__}: {e}",
+                        "samples": []}
             if s is None:
                 missing.append(idx)
                 continue
@@ -205,6 +209,13 @@ def prepare(sources, out, *, model_path=None, resolution: int = 512, frames: int
         raise ValueError(f"no images or videos found in {', '.join(map(str, sources))}")
     out = Path(out)
     model = load_model(model_path)
+    if recon_path is not None:
+        if not Path(recon_path).is_file():
+            raise FileNotFoundError(f"--recon: no such file: {recon_path}")
+        sizes = (model.num_identity, model.num_expression, model.num_albedo)
+        if sizes != (80, 64, 80):
+            raise ValueError(f"--recon regresses Deep3DFaceRecon's BFM coefficients (80/64/80 modes); the morphable "
+                             f"model has {sizes[0]}/{sizes[1]}/{sizes[2]}: pass --face-model BFM_model_front.mat")
     report = PrepareReport()
     out.mkdir(parents=True, exist_ok=True)
     done = _read_log(out)
