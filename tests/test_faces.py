@@ -4,7 +4,6 @@ the commands that use them end to end (reconstruct and animate with no landmark 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -195,12 +194,9 @@ def test_fits_of_the_portraits_stay_in_range_and_reproject(portraits, detections
 # -- the commands ------------------------------------------------------------------------------------------------
 
 def _run(*argv) -> int:
-    from oneshot.cli_infer import add_parsers
+    from test_cli_infer import _run as run
 
-    p = argparse.ArgumentParser(prog="oneshot")
-    add_parsers(p.add_subparsers(dest="command", required=True))
-    a = p.parse_args([str(x) for x in argv])
-    return a.func(a)
+    return run(*argv)
 
 
 @pytest.fixture(scope="module")
