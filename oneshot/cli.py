@@ -6,6 +6,7 @@
     oneshot train [--config CONFIG.json] --data DIR --out RUN_DIR [--stage 1|2] [--resume] [--steps N]
     oneshot reconstruct --checkpoint CKPT SOURCE.png --out DIR ...
     oneshot animate --checkpoint CKPT SOURCE.png DRIVING --out OUT.mp4 ...
+    oneshot evaluate --checkpoint CKPT --data DIR|VIDEOS... --protocol reconstruction|self|cross --out DIR ...
     oneshot demo [--out DIR] [--minutes M]
     oneshot convert-goha GOHA.ckpt OUT.safetensors [--face-model PATH]
 
@@ -165,6 +166,9 @@ def main(argv=None) -> int:
         add_parsers = None
     if add_parsers is not None:
         add_parsers(sub)
+    from .eval.command import add_parser as add_evaluate
+
+    add_evaluate(sub)
     d = sub.add_parser("demo", help="synthesize data, train the tiny avatar on CPU for a few minutes, write a report")
     d.add_argument("--out", default="oneshot_demo", help="output directory (default ./oneshot_demo)")
     d.add_argument("--minutes", type=float, default=10.0, help="training time budget in minutes (default 10)")
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         return a.func(a)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,19 @@ def test_demo_writes_a_complete_report(tmp_path):
 
     with Image.open(rep / "orbit.gif") as im:
         assert im.n_frames == 6
+    # `oneshot evaluate` on the demo's checkpoint and held-out data computes the demo's numbers.
+    from oneshot.cli import main
+
+    for name, protocol in (("reconstruction (source view)", "reconstruction"),
+                           ("reenactment (other view and expression)", "self")):
+        out = tmp_path / f"eval_{protocol}"
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "avatar.safetensors"), "--data",
+                     str(tmp_path / "data" / "test"), "--protocol", protocol, "--no-sr", "--no-faces", "--out",
+                     str(out), "--quiet"]) == 0
+        got = json.loads((out / "metrics.json").read_text())
+        assert got["pairs"] == metrics["results"][name]["trained"]["n"]
+        for m in ("psnr", "ssim"):
+            assert got["metrics"][m]["mean"] == pytest.approx(metrics["results"][name]["trained"][m], abs=1e-9), m
     # A second run resumes the first one's training instead of starting over.
     again = run_demo(tmp_path, minutes=0.02, n_train=8, n_test=4, orbit_frames=6, progress=False, log=lambda *a: None)
     assert again["steps"] > summary["steps"]

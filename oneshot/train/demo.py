@@ -21,7 +21,8 @@ from ..face3d import builtin_model
 from ..imageio import write_png
 from ..models import AvatarConfig, OneShotAvatar
 from .data import collate_pairs
-from .report import image_grid, plot_curves, psnr, ssim, to_uint8
+from ..eval import Scorer, build_pairs, psnr, run_protocol, ssim
+from .report import image_grid, plot_curves, to_uint8
 from .trainer import TrainConfig, Trainer
 
 __all__ = ["run_demo", "evaluate", "write_orbit"]
@@ -33,32 +34,18 @@ def _resize(x, size):
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
 
 
-def _eval_pairs(ds: FaceDataset) -> tuple[list, list]:
-    """(same-view pairs (s, s), reenactment pairs (s, t != s)) for every identity of a held-out dataset."""
-    same, other = [], []
-    for members in ds.identities.values():
-        same.append((members[0], members[0]))
-        if len(members) > 1:
-            other.append((members[0], members[1]))
-    return same, other
-
-
 @torch.no_grad()
-def evaluate(model: OneShotAvatar, ds: FaceDataset, pairs, *, seed: int = 0, batch: int = 8) -> dict:
-    """PSNR/SSIM (per pair, in [-1, 1] images at the render resolution) of the full render against the target."""
-    model.eval()
-    p_all, s_all, renders = [], [], []
-    for i in range(0, len(pairs), batch):
-        b = collate_pairs(ds, pairs[i:i + batch], model.face_model)
-        out = model(b, seed=seed, super_resolve=False)
-        rgb = out["full"].features[:, :3].clamp(-1, 1)
-        tgt = _resize(b["target_image"], rgb.shape[-1])
-        p_all.append(psnr(rgb, tgt))
-        s_all.append(ssim(rgb, tgt))
-        renders.append(rgb)
-    p, s = torch.cat(p_all), torch.cat(s_all)
+def evaluate(model: OneShotAvatar, ds: FaceDataset, protocol: str, *, seed: int = 0, batch: int = 8) -> dict:
+    """PSNR / SSIM of `protocol` (``oneshot.eval``'s reconstruction or self-reenactment pairs: what ``oneshot
+    evaluate --no-sr`` computes) of the raw render against the target; renders in [-1, 1] for the pictures."""
+    pairs = build_pairs(ds, protocol)
+    renders = []
+    rows = run_protocol(model, ds, pairs, Scorer(), protocol, batch=batch, seed=seed,
+                        on_batch=lambda new, img, chunk: renders.append(img * 2 - 1))
+    p = torch.tensor([r["psnr"] for r in rows], dtype=torch.float64)
+    s = torch.tensor([r["ssim"] for r in rows], dtype=torch.float64)
     return {"psnr": float(p.mean()), "ssim": float(s.mean()), "n": len(pairs), "psnr_all": p.tolist(),
-            "ssim_all": s.tolist(), "renders": torch.cat(renders)}
+            "ssim_all": s.tolist(), "renders": torch.cat(renders), "pairs": pairs}
 
 
 def _mean_image_baseline(train: FaceDataset, test: FaceDataset, pairs, res: int, face) -> dict:
@@ -70,7 +57,8 @@ def _mean_image_baseline(train: FaceDataset, test: FaceDataset, pairs, res: int,
         acc = img if acc is None else acc + img
     mean = acc / len(train)
     tg = torch.cat([_resize(collate_pairs(test, [pr], face)["target_image"], res) for pr in pairs])
-    m = mean.expand_as(tg)
+    m = (mean.expand_as(tg) + 1) / 2
+    tg = (tg + 1) / 2
     return {"psnr": float(psnr(m, tg).mean()), "ssim": float(ssim(m, tg).mean()), "n": len(pairs)}
 
 
@@ -142,12 +130,13 @@ def run_demo(out, minutes: float = 10.0, *, seed: int = 0, n_train: int = 384, n
     model = trainer.final_model.eval()
     log(f"trained {trainer.step} steps")
 
-    same, other = _eval_pairs(test_ds)
     r = cfg.render_resolution
     results = {}
-    for name, pairs in (("reconstruction (source view)", same), ("reenactment (other view and expression)", other)):
-        before = evaluate(untrained, test_ds, pairs, seed=seed)
-        after = evaluate(model, test_ds, pairs, seed=seed)
+    for name, protocol in (("reconstruction (source view)", "reconstruction"),
+                           ("reenactment (other view and expression)", "self")):
+        before = evaluate(untrained, test_ds, protocol, seed=seed)
+        after = evaluate(model, test_ds, protocol, seed=seed)
+        pairs = after["pairs"]
         mean = _mean_image_baseline(train_ds, test_ds, pairs, r, face)
         results[name] = {"trained": {k: after[k] for k in ("psnr", "ssim", "n")},
                          "untrained": {k: before[k] for k in ("psnr", "ssim", "n")},

@@ -1,4 +1,4 @@
-"""Image grids, metrics (PSNR, SSIM) and a loss-curve plot for training logs and the demo report."""
+"""Image grids and a loss-curve plot for training logs and the demo report (metrics: :mod:`oneshot.eval`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-__all__ = ["image_grid", "to_uint8", "psnr", "ssim", "plot_curves"]
+__all__ = ["image_grid", "to_uint8", "plot_curves"]
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -31,41 +30,6 @@ def image_grid(rows: list[list[torch.Tensor]], pad: int = 2) -> np.ndarray:
             y, x = pad + i * (H + pad), pad + j * (W + pad)
             out[y:y + H, x:x + W] = to_uint8(img)
     return out
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """Per image [B] PSNR in dB of images [B, C, H, W] (default range 2: images in [-1, 1])."""
-    mse = (a.float() - b.float()).square().flatten(1).mean(1)
-    return 10 * torch.log10(data_range ** 2 / mse.clamp(min=1e-12))
-
-
-def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-x * x / (2 * sigma * sigma))
-    return (g / g.sum()).float()
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int = 11) -> torch.Tensor:
-    """Per image [B] SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, valid region) of
-    images [B, C, H, W]; the window shrinks to the image size for small images."""
-    a, b = a.float(), b.float()
-    size = min(window, a.shape[-1], a.shape[-2])
-    if size % 2 == 0:
-        size -= 1
-    g = _gaussian(size, 1.5 * size / 11).to(a.device)
-    C = a.shape[1]
-    k = (g[:, None] * g[None, :]).expand(C, 1, size, size)
-
-    def blur(x):
-        return F.conv2d(x, k, groups=C)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    s_aa = blur(a * a) - mu_a ** 2
-    s_bb = blur(b * b) - mu_b ** 2
-    s_ab = blur(a * b) - mu_a * mu_b
-    m = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2))
-    return m.flatten(1).mean(1)
 
 
 def plot_curves(series: dict[str, list[tuple[float, float]]], path, *, size=(640, 360), title="loss",
