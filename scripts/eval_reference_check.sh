@@ -3,16 +3,15 @@
 # AlexNet, pytorch-fid 0.3.0's FID Inception): random weights in their layouts, built by those packages in a
 # separate venv (torch 2.14.1 + torchvision 0.29.1, which the CPU torch of .venv cannot import beside), loaded by
 # oneshot's loaders in .venv; the outputs must agree. lpips' real v0.1 linear heads are used as shipped.
-# Usage: bash scripts/eval_reference_check.sh  (REF_VENV=/tmp/oneshot-eval-ref by default; ~6 GB, offline wheels)
+# Usage: bash scripts/eval_reference_check.sh  (REF_VENV=/tmp/oneshot-eval-ref by default, an existing venv with
+# torch 2.14.1 such as CI's .venv-cuda is reused; ~6 GB when new)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REF=${REF_VENV:-/tmp/oneshot-eval-ref}
 WORK=$(mktemp -d)
-if [ ! -x "$REF/bin/python" ]; then
-  python3 -m venv "$REF"
-  "$REF/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 numpy pillow tqdm scipy
-  "$REF/bin/pip" install -q --no-deps lpips==0.1.4 pytorch-fid==0.3.0
-fi
+[ -x "$REF/bin/python" ] || "${PYTHON:-python3}" -m venv "$REF"
+"$REF/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 numpy pillow tqdm scipy
+"$REF/bin/pip" install -q --no-deps lpips==0.1.4 pytorch-fid==0.3.0
 "$REF/bin/python" - "$WORK" <<'PY'
 import sys, torch, torchvision, lpips, pytorch_fid.inception as I
 from pathlib import Path

@@ -261,7 +261,14 @@ def test_arcface_reads_its_depth_from_the_file(tmp_path):
     assert loaded.layers_spec == (2, 2, 2, 2)
     x = torch.rand(2, 3, 112, 112) * 2 - 1
     assert torch.allclose(loaded(x), net.eval()(x), atol=1e-5)
-    assert "layer1.0.downsample.0.weight" in net.state_dict() and "features.running_mean" in net.state_dict()
+    # arcface_torch's iresnet key layout (insightface recognition/arcface_torch/backbones/iresnet.py)
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    for k, shp in {"conv1.weight": (64, 3, 3, 3), "prelu.weight": (64,), "layer1.0.bn1.running_var": (64,),
+                   "layer1.0.downsample.0.weight": (64, 64, 1, 1), "layer2.0.conv1.weight": (128, 64, 3, 3),
+                   "layer2.1.prelu.weight": (128,), "layer4.1.bn3.bias": (512,), "bn2.weight": (512,),
+                   "fc.weight": (512, 25088), "features.running_mean": (512,)}.items():
+        assert shapes[k] == shp, k
+    assert not any("layer1.1.downsample" in k for k in shapes)
     del sd["module.layer3.1.prelu.weight"]
     torch.save(sd, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match=r"layer3\.1\.prelu\.weight"):
@@ -422,6 +429,11 @@ def test_evaluate_skips_metrics_without_weights_and_says_what_they_need(tiny_set
     assert set(s["metrics"]) == {"l1", "psnr", "ssim"} and s["pairs"] == 3
     assert "alexnet-owt-7be5be79.pth" in s["skipped"]["lpips"] and "pt_inception" in s["skipped"]["fid"]
     assert "arcface_torch" in s["skipped"]["csim"]
+    assert _evaluate(args + ["--protocol", "reconstruction", "--ssim", "skimage-default", "--out", tmp_path / "r7"]) == 0
+    s7 = json.loads((tmp_path / "r7" / "metrics.json").read_text())
+    assert "skimage-default: gaussian_weights=False, win_size=7" in s7["settings"]["ssim"]
+    assert s7["metrics"]["ssim"]["mean"] != s["metrics"]["ssim"]["mean"]
+    assert s7["metrics"]["psnr"]["mean"] == s["metrics"]["psnr"]["mean"]
     # cross-identity has no ground truth: with nothing to compute it it is refused, naming what it needs.
     assert _evaluate(args + ["--protocol", "cross", "--out", tmp_path / "c"]) == 2
     assert "--arcface (CSIM), --inception (FID) or the faces extra" in capsys.readouterr().err

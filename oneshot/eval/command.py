@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["add_parser", "evaluate_command", "load_scorer", "write_reports"]
 
-_RUN_KEYS = ("checkpoint", "data", "protocol", "pairs", "max_targets", "limit", "seed", "no_sr", "face_model",
+_RUN_KEYS = ("checkpoint", "data", "protocol", "pairs", "max_targets", "limit", "seed", "no_sr", "ssim", "face_model",
              "recon", "lpips_alexnet", "lpips_heads", "inception", "arcface", "no_faces", "frames")
 
 
@@ -75,7 +75,7 @@ def load_scorer(a, face_model, device, log=print):
             if a.recon is not None:
                 recon = load_recon_checkpoint(a.recon).to("cpu")
     scorer = Scorer(lpips=lpips, inception=inception, arcface=arcface, faces=faces, face_model=face_model,
-                    recon=recon, device=device)
+                    recon=recon, device=device, ssim=a.ssim)
     scorer.skipped = skipped
     for m, why in skipped.items():
         log(f"{m.upper()} skipped: {why}")
@@ -216,6 +216,13 @@ def _dataset(a, model, out: Path):
         return FaceDataset(paths[0]), str(paths[0])
     if any(_is_dataset(p) for p in paths):
         raise ValueError("--data: give one dataset directory, or videos / images / folders of them (not both)")
+    from ..face3d.detect import FaceFrontEnd, FacesUnavailableError
+
+    try:  # the front end prepares the sources: say what to install before anything runs
+        FaceFrontEnd(max_faces=1).close()
+    except FacesUnavailableError as e:
+        raise ValueError(f"--data: videos and images are prepared with the face front end ({e}); or give a "
+                         f"dataset directory (oneshot data prepare / synth)") from None
     _info(a, f"preparing {len(paths)} source(s) into {out / 'data'} (face detection and fit; resumable)")
     rep = prepare([str(p) for p in paths], out / "data", model_path=a.face_model,
                   resolution=model.config.image_size, frames=a.frames, recon_path=a.recon, progress=not a.quiet)
@@ -232,7 +239,7 @@ def evaluate_command(a) -> int:
     from ..cli_infer import _device
     from ..face3d import load_model
     from ..models import OneShotAvatar
-    from .protocol import aggregate, build_pairs, run_protocol
+    from .protocol import SSIM_SETTINGS, aggregate, build_pairs, run_protocol
 
     t0 = time.time()
     _check_args(a)
@@ -310,13 +317,15 @@ def evaluate_command(a) -> int:
     rows = done + run_protocol(model, ds, pairs[len(done):], scorer, a.protocol, batch=a.batch, seed=a.seed,
                                super_resolve=not a.no_sr, device=device, progress=not a.quiet, on_batch=on_batch)
     metrics = aggregate(rows, a.protocol, scorer)
+    if scorer.inception is not None and "fid" not in metrics:
+        scorer.skipped["fid"] = f"needs at least 2 pairs (a covariance), got {len(rows)}"
     summary = {"format": "oneshot-eval", "protocol": a.protocol, "checkpoint": str(a.checkpoint), "data": data_name,
                "pairs": len(rows), "identities": len(ds.identities), "output": output, "seed": a.seed,
                "metrics": metrics, "skipped": scorer.skipped,
                "settings": {
                    "images": "[0, 1]; targets matted and resized (bilinear, antialiased) to the output size",
-                   "ssim": "skimage structural_similarity, channel_axis, gaussian_weights, sigma 1.5, "
-                           "use_sample_covariance False, data_range 1",
+                   "ssim": f"skimage structural_similarity, channel_axis, data_range 1, {a.ssim}: "
+                           + ", ".join(f"{k}={v}" for k, v in SSIM_SETTINGS[a.ssim].items()),
                    "lpips": "v0.1, AlexNet, inputs [-1, 1]", "fid": "pytorch-fid Inception pool3 (2048), renders "
                    "vs " + ("sources" if a.protocol == "cross" else "targets"),
                    "csim": "ArcFace cosine, 112 crops from the canonical framing, against the "
@@ -363,6 +372,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N pairs in all (a quick look)")
     p.add_argument("--frames", type=int, default=16, help="frames sampled from each video when preparing (default 16)")
     p.add_argument("--no-sr", action="store_true", help="score the raw render (its RGB features), not the SR output")
+    p.add_argument("--ssim", choices=("wang", "skimage-default"), default="wang",
+                   help="SSIM settings: wang (Gaussian 11 x 11, sigma 1.5, population covariance: scikit-image's match "
+                        "to Wang et al.; default) or skimage-default (uniform 7 x 7, sample covariance)")
     p.add_argument("--lpips-alexnet", default=None, metavar="PTH", help="torchvision's alexnet-owt-7be5be79.pth")
     p.add_argument("--lpips-heads", default=None, metavar="PTH",
                    help="the lpips package's weights/v0.1/alex.pth (default: the installed lpips package's)")

@@ -31,7 +31,7 @@ from torch import Tensor
 from . import metrics as M
 
 __all__ = ["PROTOCOLS", "COLUMNS", "LOWER_IS_BETTER", "build_pairs", "Scorer", "run_protocol", "aggregate", "arcface_crops",
-           "deterministic_renders", "canonical_five_pixels"]
+           "deterministic_renders", "canonical_five_pixels", "SSIM_SETTINGS"]
 
 PROTOCOLS = ("reconstruction", "self", "cross")
 #: Column order of the paper's tables (Table 1 reconstruction; Table 2 same-identity; Tables 1-3 cross), then the
@@ -40,6 +40,10 @@ COLUMNS = {"reconstruction": ("l1", "lpips", "psnr", "ssim", "fid", "csim", "aed
            "self": ("psnr", "ssim", "csim", "aed", "apd", "akd", "lpips", "l1", "fid"),
            "cross": ("csim", "aed", "apd", "fid")}
 LOWER_IS_BETTER = {"l1", "lpips", "fid", "aed", "apd", "akd"}
+#: SSIM settings by name: Wang et al.'s (scikit-image's documented match to the paper; the default) and scikit-image's
+#: own defaults (uniform 7 x 7 window, sample covariance).
+SSIM_SETTINGS = {"wang": dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False),
+                 "skimage-default": dict(gaussian_weights=False, win_size=7, use_sample_covariance=True)}
 NAMES = {"l1": "L1", "lpips": "LPIPS", "psnr": "PSNR", "ssim": "SSIM", "fid": "FID", "csim": "CSIM", "aed": "AED",
          "apd": "APD", "akd": "AKD"}
 
@@ -190,7 +194,10 @@ class Scorer:
     """
 
     def __init__(self, *, lpips=None, inception=None, arcface=None, faces=None, face_model=None, recon=None,
-                 device="cpu"):
+                 device="cpu", ssim: str = "wang"):
+        if ssim not in SSIM_SETTINGS:
+            raise ValueError(f"ssim must be one of {tuple(SSIM_SETTINGS)}, got {ssim!r}")
+        self.ssim_kwargs = SSIM_SETTINGS[ssim]
         self.lpips, self.inception, self.arcface = lpips, inception, arcface
         self.faces, self.face_model, self.recon, self.device = faces, face_model, recon, torch.device(device)
         self.skipped: dict[str, str] = {}
@@ -247,7 +254,7 @@ class Scorer:
         if has_truth:
             out["l1"] = M.l1(render, target).cpu()
             out["psnr"] = M.psnr(render, target).cpu()
-            out["ssim"] = M.ssim(render, target).cpu()
+            out["ssim"] = M.ssim(render, target, **self.ssim_kwargs).cpu()
             if self.lpips is not None:
                 out["lpips"] = self.lpips(render * 2 - 1, target * 2 - 1).double().cpu()
         if self.arcface is not None and "csim" in cols:
