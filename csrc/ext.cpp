@@ -6,6 +6,9 @@
 //   triplane_sample:   planes [B, 3, C, H, W], points [B, M, 3] -> [B, M, C] ("mean"/"sum") or [B, 3, M, C]
 //   ray_march:         colors [..., S, C], densities [..., S], depths [..., S]
 //                      -> features [..., C], depth [...], opacity [...], weights [..., S-1]
+//   render_triplane:   planes [B, 3, C, H, W], origins/directions [B, R, 3], depths [B, R, S], decoder w1 [Hd, C],
+//                      b1 [Hd], w2 [1 + Co, Hd], b2 [1 + Co] -> features [B, R, Co], depth [B, R], opacity [B, R],
+//                      weights [B, R, S-1]  (triplane_sample -> decoder -> ray_march, fused; render/render.h)
 //   rasterize_points:  points [B, N, 3], features [B, N, C], valid [B, N] bool
 //                      -> planes [B, 3, C, H, W], index [B, 3, H, W] int64 (-1 = empty)
 //   rasterize_mesh:    vertices [B, V, 3] (pixel x, y; view depth z), faces [F, 3] int
@@ -31,6 +34,16 @@ TORCH_LIBRARY(oneshot, m) {
       "ray_march_backward(Tensor? grad_features, Tensor? grad_depth, Tensor? grad_opacity, Tensor? grad_weights, "
       "Tensor colors, Tensor densities, Tensor depths, float density_bias, bool white_background) "
       "-> (Tensor, Tensor)");
+
+  m.def(
+      "render_triplane(Tensor planes, Tensor origins, Tensor directions, Tensor depths, Tensor w1, Tensor b1, "
+      "Tensor w2, Tensor b2, float box_warp, int[] axes, bool clip_to_box, float density_bias) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "render_triplane_backward(Tensor? grad_features, Tensor? grad_depth, Tensor? grad_opacity, "
+      "Tensor? grad_weights, Tensor planes, Tensor origins, Tensor directions, Tensor depths, Tensor w1, Tensor b1, "
+      "Tensor w2, Tensor b2, float box_warp, int[] axes, bool clip_to_box, float density_bias) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   m.def(
       "rasterize_points(Tensor points, Tensor features, int height, int width, float box_warp, int[] axes, "

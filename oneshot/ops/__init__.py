@@ -1,4 +1,5 @@
-"""oneshot's kernels as PyTorch ops: ``triplane_sample``, ``ray_march``, ``rasterize_points``, ``rasterize_mesh``.
+"""oneshot's kernels as PyTorch ops: ``triplane_sample``, ``ray_march``, ``render_triplane`` (the two fused with
+the decoder MLP), ``rasterize_points``, ``rasterize_mesh``.
 
 Every op has a pure-PyTorch reference (:mod:`oneshot.ops.reference`), native C++ (CPU) kernels registered
 as ``torch.ops.oneshot.<op>`` (with fake kernels and autograd, so ``torch.compile`` and ``opcheck`` work),
@@ -15,12 +16,17 @@ from ._common import BACKENDS, PLANE_AXES_EG3D, PLANE_AXES_GOHA
 from .mesh import rasterize_mesh
 from .raster import rasterize_points
 from .raymarch import RayMarchResult, ray_march
+from .render import RenderTriplaneResult, decoder_weights, reference_render_triplane, render_triplane
 from .triplane import triplane_sample
 
 __all__ = [
     "triplane_sample",
     "ray_march",
     "RayMarchResult",
+    "render_triplane",
+    "RenderTriplaneResult",
+    "decoder_weights",
+    "reference_render_triplane",
     "rasterize_points",
     "rasterize_mesh",
     "PLANE_AXES_GOHA",

@@ -132,8 +132,8 @@ def axes_pairs(flat: Sequence[int]) -> tuple[tuple[int, int], ...]:
     return tuple((flat[2 * p], flat[2 * p + 1]) for p in range(3))
 
 
-NATIVE_OPS = ("triplane_sample", "triplane_sample_backward", "ray_march", "ray_march_backward", "rasterize_points",
-              "rasterize_points_backward", "rasterize_mesh")
+NATIVE_OPS = ("triplane_sample", "triplane_sample_backward", "ray_march", "ray_march_backward", "render_triplane",
+              "render_triplane_backward", "rasterize_points", "rasterize_points_backward", "rasterize_mesh")
 
 
 def _registered(op: str, key: str) -> bool:
