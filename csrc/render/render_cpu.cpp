@@ -2,12 +2,15 @@
 //
 // One ray at a time, rays in parallel. Per ray the S samples go through the stages as small matrices held in
 // per-thread scratch ([S, C] features, [S, hidden] pre-activations, [S, 1 + Co] outputs): the tri-plane taps,
-// the two decoder layers as loops that vectorise over the output width, then the compositing scan of ray_march.
-// The backward recomputes all of it per ray, runs ray_march's reverse sweep, back-propagates through the
-// decoder (its weight gradients summed per worker) and scatters the feature gradients into the planes'
-// gradient. Workers own fixed blocks of rays and a private planes-gradient buffer each (block 0 writes the
-// output itself), summed in block order at the end: no atomics, and the same sums for the same thread count.
-// Nothing of size [R, S, *] is allocated.
+// the two decoder layers as loops that vectorise over the output width (softplus and sigmoid with the
+// vectorisable exp / log1p of common/cpu_math.h in float), then the compositing scan of ray_march.
+// The planes are read where they are (any strides; channels-last is the fast case), never copied.
+// The backward recomputes all of it per ray, runs ray_march's reverse sweep and back-propagates through the
+// decoder, in chunks of rays: (1) in parallel over fixed sub-blocks of the chunk, each with its own decoder
+// gradient accumulator, keeping the per-sample feature gradients of the chunk ([chunk, S, C], a few MB);
+// (2) the accumulators summed in sub-block order; (3) the feature gradients scattered into the planes'
+// gradient, one worker per (batch, plane), rays in order. No atomics, no per-thread copies of the planes'
+// gradient, and the same sums for any thread count (bitwise reproducible). Nothing of size [R, S, *] exists.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -18,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -35,7 +39,8 @@ using render::Dims;
 template <typename T>
 struct Problem {
   Dims d;
-  const T* planes;  // channels-last [B, 3, H, W, C], contiguous
+  const T* planes;  // [B, 3, C, H, W] with element strides sb, sp, sc, sh, sw (channels-last when sc == 1)
+  int64_t sb, sp, sc, sh, sw;
   const T *origins, *dirs, *depths;
   const T *w1t, *b1, *w2t, *b2;  // w1t [C, Hd], w2t [Hd, O] (transposed copies); b1 [Hd], b2 [O]
   const T *w1, *w2;              // w1 [Hd, C], w2 [O, Hd] as given
@@ -56,37 +61,82 @@ struct Scratch {
         tbar(d.S), delta(d.S), trans(d.S), w(d.S), omega(d.S), G(d.S) {}
 };
 
+// y = softplus(x) (torch's, threshold 20) over n values; float uses the vectorisable exp / log1p.
 template <typename T>
-inline T softplus(T x) {
-  return raymarch::softplus(x);
+ONESHOT_CPU_MULTIVERSION void softplus_array(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T m = x[i];
+    if constexpr (std::is_same_v<T, float>) {
+      const float en = cpu::fast_exp(-std::fabs(m));
+      const float sp = (m > 0.0f ? m : 0.0f) + cpu::fast_log1p_nonneg(en);
+      y[i] = m > 20.0f ? m : sp;
+    } else {
+      y[i] = raymarch::softplus(m);
+    }
+  }
+}
+
+// y = sigmoid(x) over n values (the stable form: (x >= 0 ? 1 : e) / (1 + e), e = exp(-|x|)); `threshold`: 1
+// above 20, as torch's softplus' derivative.
+template <typename T, bool kThreshold>
+ONESHOT_CPU_MULTIVERSION void sigmoid_array(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T m = x[i];
+    T en;
+    if constexpr (std::is_same_v<T, float>) {
+      en = cpu::fast_exp(-std::fabs(m));
+    } else {
+      en = std::exp(-std::fabs(m));
+    }
+    const T sg = (m >= T(0) ? T(1) : en) / (T(1) + en);
+    y[i] = (kThreshold && m > T(20)) ? T(1) : sg;
+  }
+}
+
+// out[k, :] = bias + sum_i in[k, i] wt[i, :] for k < S: [S, I] x [I, N] (wt row-major), vectorised over N.
+template <typename T>
+ONESHOT_CPU_MULTIVERSION void linear_rows(const T* __restrict__ in, const T* __restrict__ wt, const T* __restrict__ bias,
+                                          int64_t S, int64_t I, int64_t N, T* __restrict__ out) {
+  for (int64_t k = 0; k < S; ++k) {
+    T* o = out + k * N;
+    for (int64_t j = 0; j < N; ++j) o[j] = bias ? bias[j] : T(0);
+    const T* x = in + k * I;
+    for (int64_t i = 0; i < I; ++i) {
+      const T xi = x[i];
+      const T* w = wt + i * N;
+      for (int64_t j = 0; j < N; ++j) o[j] += xi * w[j];
+    }
+  }
+}
+
+// acc[i, :] += sum_k g[k, i] x[k, :] for the S rows: the weight gradient [I, N] of a linear layer.
+template <typename T>
+ONESHOT_CPU_MULTIVERSION void outer_accumulate(const T* __restrict__ g, const T* __restrict__ x, int64_t S, int64_t I,
+                                               int64_t N, T* __restrict__ acc) {
+  for (int64_t i = 0; i < I; ++i) {
+    T* row = acc + i * N;
+    for (int64_t k = 0; k < S; ++k) {
+      const T gi = g[k * I + i];
+      const T* xk = x + k * N;
+      for (int64_t j = 0; j < N; ++j) row[j] += gi * xk[j];
+    }
+  }
 }
 
 // Per-sample decoder forward for the S samples of one ray: F -> Hp, A -> Y -> sig, col.
 template <typename T>
-ONESHOT_CPU_MULTIVERSION void decode(const Problem<T>& P, Scratch<T>& sc) {
+void decode(const Problem<T>& P, Scratch<T>& sc) {
   const Dims& d = P.d;
   const int64_t S = d.S, C = d.C, Hd = d.Hd, O = d.O, Co = O - 1;
+  linear_rows<T>(sc.F.data(), P.w1t, P.b1, S, C, Hd, sc.Hp.data());
+  softplus_array<T>(sc.Hp.data(), sc.A.data(), S * Hd);
+  linear_rows<T>(sc.A.data(), P.w2t, P.b2, S, Hd, O, sc.Y.data());
+  sigmoid_array<T, false>(sc.Y.data(), sc.gY.data(), S * O);  // gY as scratch: sigmoid of every output
   for (int64_t k = 0; k < S; ++k) {
-    T* h = sc.Hp.data() + k * Hd;
-    for (int64_t j = 0; j < Hd; ++j) h[j] = P.b1[j];
-    const T* f = sc.F.data() + k * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const T fc = f[c];
-      const T* wr = P.w1t + c * Hd;
-      for (int64_t j = 0; j < Hd; ++j) h[j] += fc * wr[j];
-    }
-    T* a = sc.A.data() + k * Hd;
-    for (int64_t j = 0; j < Hd; ++j) a[j] = softplus(h[j]);
-    T* y = sc.Y.data() + k * O;
-    for (int64_t o = 0; o < O; ++o) y[o] = P.b2[o];
-    for (int64_t j = 0; j < Hd; ++j) {
-      const T aj = a[j];
-      const T* wr = P.w2t + j * O;
-      for (int64_t o = 0; o < O; ++o) y[o] += aj * wr[o];
-    }
-    sc.sig[k] = sc.inside[k] ? y[0] : T(render::kOutsideDensity);
+    sc.sig[k] = sc.inside[k] ? sc.Y[k * O] : T(render::kOutsideDensity);
+    const T* sg = sc.gY.data() + k * O + 1;
     T* cl = sc.col.data() + k * Co;
-    for (int64_t o = 0; o < Co; ++o) cl[o] = render::sigmoid(y[1 + o]) * T(render::kColorScale) - T(render::kColorShift);
+    for (int64_t o = 0; o < Co; ++o) cl[o] = sg[o] * T(render::kColorScale) - T(render::kColorShift);
   }
 }
 
@@ -98,7 +148,7 @@ inline void sample_features(const Problem<T>& P, int64_t b, int64_t r, Scratch<T
   const T* o = P.origins + (b * d.R + r) * 3;
   const T* dir = P.dirs + (b * d.R + r) * 3;
   const T* t = P.depths + (b * d.R + r) * S;
-  const T* base = P.planes + b * 3 * H * W * C;
+  const T* base = P.planes + b * P.sb;
   for (int64_t k = 0; k < S; ++k) {
     T p[3];
     for (int i = 0; i < 3; ++i) p[i] = o[i] + t[k] * dir[i];
@@ -107,13 +157,17 @@ inline void sample_features(const Problem<T>& P, int64_t b, int64_t r, Scratch<T
     for (int64_t c = 0; c < C; ++c) f[c] = T(0);
     for (int pl = 0; pl < 3; ++pl) {
       const triplane::Taps<T> tp = triplane::taps<T>(p[P.ax[pl][0]] * P.scale, p[P.ax[pl][1]] * P.scale, W, H);
-      // plane sample = sum of the inside taps in tap order; then the mean over planes, as (s0 + s1 + s2) / 3
+      // the sum of the inside taps in tap order, plane after plane; then the mean over planes
       for (int q = 0; q < 4; ++q) {
         int64_t x, y;
         if (!triplane::tap_inside(tp, q, W, H, &x, &y)) continue;
         const T wq = triplane::tap_weight(tp, q);
-        const T* src = base + ((pl * H + y) * W + x) * C;
-        for (int64_t c = 0; c < C; ++c) f[c] += wq * src[c];
+        const T* src = base + pl * P.sp + y * P.sh + x * P.sw;
+        if (P.sc == 1) {
+          for (int64_t c = 0; c < C; ++c) f[c] += wq * src[c];
+        } else {
+          for (int64_t c = 0; c < C; ++c) f[c] += wq * src[c * P.sc];
+        }
       }
     }
     for (int64_t c = 0; c < C; ++c) f[c] /= T(3);
@@ -171,6 +225,11 @@ Problem<T> problem(const Dims& d, const at::Tensor& planes_cl, const at::Tensor&
   Problem<T> P;
   P.d = d;
   P.planes = planes_cl.const_data_ptr<T>();
+  P.sb = planes_cl.stride(0);
+  P.sp = planes_cl.stride(1);
+  P.sc = planes_cl.stride(2);
+  P.sh = planes_cl.stride(3);
+  P.sw = planes_cl.stride(4);
   P.origins = origins.const_data_ptr<T>();
   P.dirs = dirs.const_data_ptr<T>();
   P.depths = depths.const_data_ptr<T>();
@@ -199,7 +258,7 @@ Inputs prepare(const at::Tensor& planes, const at::Tensor& origins, const at::Te
                const at::Tensor& depths, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                const at::Tensor& b2) {
   Inputs in;
-  in.planes_cl = planes.permute({0, 1, 3, 4, 2}).contiguous();
+  in.planes_cl = planes;  // read in place, whatever its strides
   in.origins = origins.contiguous();
   in.dirs = directions.contiguous();
   in.depths = depths.contiguous();
@@ -288,71 +347,53 @@ ONESHOT_CPU_MULTIVERSION void backward_ray(const Problem<T>& P, int64_t i, const
   sc.gs[0] = G[0] / T(2);
   for (int64_t k = 1; k < K; ++k) sc.gs[k] = (G[k - 1] + G[k]) / T(2);
   sc.gs[K] = G[K - 1] / T(2);
-  // d/d decoder outputs: y_0 (where inside), y_{1+o} through the scaled sigmoid.
+  // d/d decoder outputs: y_0 (where inside), y_{1+o} through the scaled sigmoid (decode left sigmoid(y) in gY).
   for (int64_t k = 0; k < S; ++k) {
     T* gy = sc.gY.data() + k * O;
-    gy[0] = sc.inside[k] ? sc.gs[k] : T(0);
-    const T* y = sc.Y.data() + k * O;
     for (int64_t o = 0; o < Co; ++o) {
-      const T s = render::sigmoid(y[1 + o]);
+      const T s = gy[1 + o];
       gy[1 + o] = gf ? gf[o] * sc.omega[k] * T(render::kColorScale) * s * (T(1) - s) : T(0);
     }
+    gy[0] = sc.inside[k] ? sc.gs[k] : T(0);
   }
   for (int64_t k = 0; k < S; ++k) {
     const T* gy = sc.gY.data() + k * O;
-    const T* a = sc.A.data() + k * Hd;
-    for (int64_t o = 0; o < O; ++o) {
-      const T g = gy[o];
-      gb2[o] += g;
-      T* row = gw2 + o * Hd;
-      for (int64_t j = 0; j < Hd; ++j) row[j] += g * a[j];
-    }
-    // gA = w2^T gy; gH = gA * softplus'(h)
-    T* ga = sc.gA.data() + k * Hd;
-    for (int64_t j = 0; j < Hd; ++j) ga[j] = T(0);
-    for (int64_t o = 0; o < O; ++o) {
-      const T g = gy[o];
-      const T* wr = P.w2 + o * Hd;
-      for (int64_t j = 0; j < Hd; ++j) ga[j] += g * wr[j];
-    }
-    const T* h = sc.Hp.data() + k * Hd;
-    for (int64_t j = 0; j < Hd; ++j) ga[j] *= raymarch::softplus_grad(h[j]);
-    const T* f = sc.F.data() + k * C;
-    T* gfk = sc.gF.data() + k * C;
-    for (int64_t c = 0; c < C; ++c) gfk[c] = T(0);
-    for (int64_t j = 0; j < Hd; ++j) {
-      const T g = ga[j];
-      gb1[j] += g;
-      T* row = gw1 + j * C;
-      for (int64_t c = 0; c < C; ++c) row[c] += g * f[c];
-      const T* wr = P.w1 + j * C;
-      for (int64_t c = 0; c < C; ++c) gfk[c] += g * wr[c];
-    }
+    for (int64_t o = 0; o < O; ++o) gb2[o] += gy[o];
   }
+  outer_accumulate<T>(sc.gY.data(), sc.A.data(), S, O, Hd, gw2);  // gw2 [O, Hd] += gY^T A
+  linear_rows<T>(sc.gY.data(), P.w2, nullptr, S, O, Hd, sc.gA.data());  // gA = gY w2
+  sigmoid_array<T, true>(sc.Hp.data(), sc.A.data(), S * Hd);  // softplus'(h) (A is no longer needed)
+  for (int64_t i = 0; i < S * Hd; ++i) sc.gA[i] *= sc.A[i];
+  for (int64_t k = 0; k < S; ++k) {
+    const T* ga = sc.gA.data() + k * Hd;
+    for (int64_t j = 0; j < Hd; ++j) gb1[j] += ga[j];
+  }
+  outer_accumulate<T>(sc.gA.data(), sc.F.data(), S, Hd, C, gw1);  // gw1 [Hd, C] += gH^T F
+  linear_rows<T>(sc.gA.data(), P.w1, nullptr, S, Hd, C, sc.gF.data());  // gF = gH w1
 }
 
-// Scatter gF / 3 of every sample of ray (b, r) into the channels-last planes gradient `gp` ([B, 3, H, W, C]).
+// Scatter gF / 3 ([S, C], the ray's per-sample feature gradients) of ray (b, r) into plane `pl` of the
+// channels-last planes gradient `gp` ([B, 3, H, W, C]).
 template <typename T>
-inline void scatter_ray(const Problem<T>& P, int64_t b, int64_t r, const Scratch<T>& sc, T* gp) {
+ONESHOT_CPU_MULTIVERSION void scatter_ray(const Problem<T>& P, int64_t b, int64_t r, int pl, const T* __restrict__ gF,
+                                          T* __restrict__ gp) {
   const Dims& d = P.d;
   const int64_t S = d.S, C = d.C, H = d.H, W = d.W;
   const T* o = P.origins + (b * d.R + r) * 3;
   const T* dir = P.dirs + (b * d.R + r) * 3;
   const T* t = P.depths + (b * d.R + r) * S;
-  T* base = gp + b * 3 * H * W * C;
+  T* base = gp + (b * 3 + pl) * H * W * C;
   for (int64_t k = 0; k < S; ++k) {
     T p[3];
     for (int i = 0; i < 3; ++i) p[i] = o[i] + t[k] * dir[i];
-    const T* g = sc.gF.data() + k * C;
-    for (int pl = 0; pl < 3; ++pl) {
-      const triplane::Taps<T> tp = triplane::taps<T>(p[P.ax[pl][0]] * P.scale, p[P.ax[pl][1]] * P.scale, W, H);
-      for (int q = 0; q < 4; ++q) {
-        int64_t x, y;
-        if (!triplane::tap_inside(tp, q, W, H, &x, &y)) continue;
-        const T wq = triplane::tap_weight(tp, q) / T(3);
-        T* dst = base + ((pl * H + y) * W + x) * C;
-        for (int64_t c = 0; c < C; ++c) dst[c] += wq * g[c];
-      }
+    const T* g = gF + k * C;
+    const triplane::Taps<T> tp = triplane::taps<T>(p[P.ax[pl][0]] * P.scale, p[P.ax[pl][1]] * P.scale, W, H);
+    for (int q = 0; q < 4; ++q) {
+      int64_t x, y;
+      if (!triplane::tap_inside(tp, q, W, H, &x, &y)) continue;
+      const T wq = triplane::tap_weight(tp, q) / T(3);
+      T* dst = base + (y * W + x) * C;
+      for (int64_t c = 0; c < C; ++c) dst[c] += wq * g[c];
     }
   }
 }
@@ -393,39 +434,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
       return g.has_value() ? g->const_data_ptr<T>() : nullptr;
     };
     const T *pgf = ptr(gf), *pgd = ptr(gd), *pgo = ptr(go), *pgw = ptr(gw);
-    const int64_t plane_size = d.B * 3 * d.H * d.W * d.C;
-    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (N + 63) / 64));
-    // Block 0 writes into the output; the others into private buffers, summed in block order below.
-    std::vector<std::vector<T>> priv(blocks - 1);
-    std::vector<std::vector<T>> wgrads(blocks, std::vector<T>(d.Hd * d.C + d.Hd + d.O * d.Hd + d.O, T(0)));
-    T* gp0 = gp_cl.mutable_data_ptr<T>();
-    at::parallel_for(0, blocks, 1, [&](int64_t bb, int64_t be) {
-      for (int64_t blk = bb; blk < be; ++blk) {
-        T* gp = gp0;
-        if (blk > 0) {
-          priv[blk - 1].assign(plane_size, T(0));
-          gp = priv[blk - 1].data();
-        }
-        T* wg = wgrads[blk].data();
-        T *g_w1 = wg, *g_b1 = g_w1 + d.Hd * d.C, *g_w2 = g_b1 + d.Hd, *g_b2 = g_w2 + d.O * d.Hd;
+    // Chunks of rays; each chunk in fixed sub-blocks of kSub rays with their own decoder-gradient accumulators.
+    constexpr int64_t kSub = 8;
+    const int64_t chunk = std::min<int64_t>(N, 512);
+    const int64_t max_subs = (chunk + kSub - 1) / kSub;
+    const int64_t wsize = d.Hd * d.C + d.Hd + d.O * d.Hd + d.O;
+    std::vector<T> gFbuf(chunk * d.S * d.C);
+    std::vector<T> wacc(max_subs * wsize);
+    std::vector<T> wtotal(wsize, T(0));
+    T* gp = gp_cl.mutable_data_ptr<T>();
+    for (int64_t c0 = 0; c0 < N; c0 += chunk) {
+      const int64_t n = std::min(chunk, N - c0), subs = (n + kSub - 1) / kSub;
+      at::parallel_for(0, subs, 1, [&](int64_t sb, int64_t se) {
         Scratch<T> sc(d);
-        const int64_t r0 = cpu::split_begin(blk, blocks, N), r1 = cpu::split_begin(blk + 1, blocks, N);
-        for (int64_t i = r0; i < r1; ++i) {
-          const int64_t b = i / d.R, r = i % d.R;
-          sample_features<T>(P, b, r, sc);
-          if (!P.clip) std::fill(sc.inside.begin(), sc.inside.end(), uint8_t(1));
-          decode<T>(P, sc);
-          backward_ray<T>(P, i, pgf ? pgf + i * Co : nullptr, pgd ? pgd + i : nullptr, pgo ? pgo + i : nullptr,
-                          pgw ? pgw + i * (d.S - 1) : nullptr, sc, g_w1, g_b1, g_w2, g_b2);
-          scatter_ray<T>(P, b, r, sc, gp);
+        for (int64_t u = sb; u < se; ++u) {
+          T* wg = wacc.data() + u * wsize;
+          std::fill(wg, wg + wsize, T(0));
+          T *g_w1 = wg, *g_b1 = g_w1 + d.Hd * d.C, *g_w2 = g_b1 + d.Hd, *g_b2 = g_w2 + d.O * d.Hd;
+          for (int64_t i = c0 + u * kSub; i < std::min(c0 + (u + 1) * kSub, c0 + n); ++i) {
+            const int64_t b = i / d.R, r = i % d.R;
+            sample_features<T>(P, b, r, sc);
+            if (!P.clip) std::fill(sc.inside.begin(), sc.inside.end(), uint8_t(1));
+            decode<T>(P, sc);
+            backward_ray<T>(P, i, pgf ? pgf + i * Co : nullptr, pgd ? pgd + i : nullptr, pgo ? pgo + i : nullptr,
+                            pgw ? pgw + i * (d.S - 1) : nullptr, sc, g_w1, g_b1, g_w2, g_b2);
+            std::copy(sc.gF.begin(), sc.gF.end(), gFbuf.begin() + (i - c0) * d.S * d.C);
+          }
         }
+      });
+      for (int64_t u = 0; u < subs; ++u) {
+        const T* wg = wacc.data() + u * wsize;
+        for (int64_t j = 0; j < wsize; ++j) wtotal[j] += wg[j];
       }
-    });
-    if (blocks > 1) {
-      at::parallel_for(0, plane_size, 1 << 14, [&](int64_t begin, int64_t end) {
-        for (int64_t blk = 1; blk < blocks; ++blk) {
-          const T* src = priv[blk - 1].data();
-          for (int64_t j = begin; j < end; ++j) gp0[j] += src[j];
+      // One worker per (batch, plane) that the chunk touches: rays in order.
+      const int64_t b_first = c0 / d.R, b_last = (c0 + n - 1) / d.R;
+      at::parallel_for(0, (b_last - b_first + 1) * 3, 1, [&](int64_t tb, int64_t te) {
+        for (int64_t task = tb; task < te; ++task) {
+          const int64_t b = b_first + task / 3;
+          const int pl = static_cast<int>(task % 3);
+          const int64_t i0 = std::max(c0, b * d.R), i1 = std::min(c0 + n, (b + 1) * d.R);
+          for (int64_t i = i0; i < i1; ++i) scatter_ray<T>(P, b, i % d.R, pl, gFbuf.data() + (i - c0) * d.S * d.C, gp);
         }
       });
     }
@@ -434,11 +482,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
     const int64_t sizes[4] = {d.Hd * d.C, d.Hd, d.O * d.Hd, d.O};
     int64_t off = 0;
     for (int q = 0; q < 4; ++q) {
-      for (int64_t j = 0; j < sizes[q]; ++j) {
-        T acc = T(0);
-        for (int64_t blk = 0; blk < blocks; ++blk) acc += wgrads[blk][off + j];
-        outs[q][j] = acc;
-      }
+      std::copy(wtotal.begin() + off, wtotal.begin() + off + sizes[q], outs[q]);
       off += sizes[q];
     }
   });

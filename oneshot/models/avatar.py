@@ -120,7 +120,8 @@ class OneShotAvatar(nn.Module):
         self.decoder = TriplaneDecoder(C, c.decoder_hidden, C)
         self.renderer = VolumeRenderer(RenderSettings(samples=c.samples, importance_samples=c.importance_samples,
                                                       ray_start=c.ray_start, ray_end=c.ray_end, chunk=c.chunk,
-                                                      stratified=c.stratified, clip_to_box=c.clip_to_box),
+                                                      stratified=c.stratified, clip_to_box=c.clip_to_box,
+                                                      fused=c.fused_render),
                                        backend=backend)
         self.super_resolution = SuperResolution(out_size=c.sr_out_size, narrow=c.sr_narrow,
                                                 channel_multiplier=c.sr_channel_multiplier,

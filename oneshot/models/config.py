@@ -53,6 +53,8 @@ class AvatarConfig:
     sr_style_feat: int = 512
     sr_num_mlp: int = 8  # GFPGAN's (unused) style MLP depth; kept for state-dict compatibility
     chunk: int | None = None  # rays per renderer pass (None: all)
+    fused_render: bool = False  # RenderSettings.fused: oneshot.ops.render_triplane (sample + decoder + composite
+    # fused, recompute backward): same values, far less memory
     face_model: str | None = None  # fingerprint of the morphable model the avatar was built for
     extra: dict = field(default_factory=dict)
 

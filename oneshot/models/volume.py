@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import cameras
-from ..ops import PLANE_AXES_GOHA, ray_march, triplane_sample
+from ..ops import PLANE_AXES_GOHA, decoder_weights, ray_march, render_triplane, triplane_sample
 
 __all__ = ["VolumeRenderer", "VolumeRenderOutput", "RenderSettings", "sample_pdf"]
 
@@ -31,6 +31,8 @@ class RenderSettings:
     # evenly spaced depths and u (EG3D's det=True): a fully deterministic render, e.g. flicker-free video
     clip_to_box: bool = False  # no density outside the planes' box (EG3D: the decoder's output for zero features,
     # which shows as grey floaters at the sides of large-yaw views of briefly trained models)
+    fused: bool = False  # sample + decoder + composite in one op (oneshot.ops.render_triplane): the same values,
+    # and autograd keeps none of the per-sample tensors (the backward recomputes them); needs a TriplaneDecoder
 
     def __post_init__(self):
         if self.samples < 2 or self.importance_samples < 0:
@@ -49,14 +51,17 @@ class VolumeRenderOutput(NamedTuple):
 
 
 def sample_pdf(bins: Tensor, weights: Tensor, n: int, *, generator: torch.Generator | None = None,
-               deterministic: bool = False, eps: float = 1e-5) -> Tensor:
+               deterministic: bool = False, eps: float = 1e-5, u: Tensor | None = None) -> Tensor:
     """EG3D's inverse-CDF sampling: `n` samples per row [R, n] from the piecewise-constant pdf of `weights`
-    [R, K] over the bins' edges [R, >= K + 1] (u ~ U(0, 1) from `generator`). As in EG3D, bins may have more
-    edges than weights + 1 (it passes S - 1 midpoints with S - 3 weights); the extra ones are never used."""
+    [R, K] over the bins' edges [R, >= K + 1] (u ~ U(0, 1) from `generator`, or the given `u` [R, n]). As in
+    EG3D, bins may have more edges than weights + 1 (it passes S - 1 midpoints with S - 3 weights); the extra
+    ones are never used."""
     w = weights + eps
     pdf = w / w.sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1)  # [R, K + 1]
-    if deterministic:
+    if u is not None:
+        pass
+    elif deterministic:
         u = torch.linspace(0, 1, n, device=cdf.device, dtype=cdf.dtype).expand(cdf.shape[0], n).contiguous()
     else:
         u = _rand((cdf.shape[0], n), generator, cdf)
@@ -136,6 +141,48 @@ class VolumeRenderer(nn.Module):
                  for i in range(0, R, chunk)]
         return tuple(torch.cat(p, 1) for p in zip(*parts))
 
+    def _importance(self, coarse_weights, depths, generator, rows_per_pass: int = 2048, merge: bool = False):
+        """The importance pass's depths [B, R, importance_samples] from the coarse weights [B, R, n - 1]; with
+        `merge`, the coarse and fine depths together, sorted [B, R, n + importance_samples]. Rows go through in
+        passes of `rows_per_pass` (EG3D's sampling builds ~a dozen [R, n] temporaries); u is drawn for all rows
+        at once, so the result does not depend on the pass size."""
+        s = self.settings
+        B, R, n = depths.shape
+        rows, m = B * R, s.importance_samples
+        z = depths.reshape(rows, n)
+        if s.stratified:
+            u = _rand((rows, m), generator, z)
+        else:
+            u = torch.linspace(0, 1, m, device=z.device, dtype=z.dtype).expand(rows, m)
+        out = z.new_empty(rows, n + m if merge else m)
+        for r0 in range(0, rows, rows_per_pass):
+            r1 = min(rows, r0 + rows_per_pass)
+            w = coarse_weights.reshape(rows, 1, n - 1)[r0:r1].float()
+            w = F.avg_pool1d(F.max_pool1d(w, 2, 1, padding=1), 2, 1).reshape(r1 - r0, n - 1) + 0.01
+            zc = z[r0:r1]
+            mids = 0.5 * (zc[:, :-1] + zc[:, 1:])  # n - 1 bin edges
+            fine = sample_pdf(mids, w[:, 1:-1].to(z.dtype), m, u=u[r0:r1].contiguous())
+            out[r0:r1] = torch.sort(torch.cat([zc, fine], -1), -1).values if merge else fine
+        return out.reshape(B, R, -1)
+
+    def _fused_ok(self, planes, decoder) -> bool:
+        from .decoder import TriplaneDecoder
+
+        return (self.settings.fused and isinstance(decoder, TriplaneDecoder)
+                and planes.dtype in (torch.float32, torch.float64))
+
+    def _render_fused(self, planes, decoder, origins, dirs, depths, generator):
+        s = self.settings
+        w = decoder_weights(decoder)
+        kw = dict(box_warp=s.box_warp, axes=s.axes, clip_to_box=s.clip_to_box, density_bias=s.density_bias,
+                  backend=self.backend)
+        if s.importance_samples > 0:
+            with torch.no_grad():
+                coarse = render_triplane(planes.detach(), origins, dirs, depths, *(x.detach() for x in w), **kw)
+                depths = self._importance(coarse.weights, depths, generator, merge=True)
+        out = render_triplane(planes, origins, dirs, depths, *w, **kw)
+        return out.features * 2 - 1, out.depth, out.opacity
+
     def _render_chunk(self, planes, decoder, origins, dirs, generator):
         s = self.settings
         B, R, _ = origins.shape
@@ -146,18 +193,14 @@ class VolumeRenderer(nn.Module):
         depths = base.expand(B, R, n)
         if s.stratified:
             depths = depths + _rand((B, R, n), generator, base) * ((s.ray_end - s.ray_start) / (n - 1))
+        if self._fused_ok(planes, decoder):
+            return self._render_fused(planes, decoder, origins, dirs, depths.contiguous(), generator)
         colors, sigma = self._sample(planes, decoder, origins, dirs, depths)
         if s.importance_samples > 0:
             with torch.no_grad():
                 coarse = ray_march(colors.detach(), sigma.detach().to(geo), depths, density_bias=s.density_bias,
                                    backend=self.backend)
-                w = coarse.weights.reshape(B * R, 1, n - 1).float()
-                w = F.avg_pool1d(F.max_pool1d(w, 2, 1, padding=1), 2, 1).reshape(B * R, n - 1) + 0.01
-                z = depths.reshape(B * R, n)
-                mids = 0.5 * (z[:, :-1] + z[:, 1:])  # n - 1 bin edges
-                fine = sample_pdf(mids, w[:, 1:-1].to(geo), s.importance_samples, generator=generator,
-                                  deterministic=not s.stratified)
-                fine = fine.reshape(B, R, -1)
+                fine = self._importance(coarse.weights, depths, generator)
             colors_f, sigma_f = self._sample(planes, decoder, origins, dirs, fine)
             depths = torch.cat([depths, fine], -1)
             order = torch.argsort(depths, -1)
