@@ -4,7 +4,8 @@
 // per-thread scratch ([S, C] features, [S, hidden] pre-activations, [S, 1 + Co] outputs): the tri-plane taps,
 // the two decoder layers as loops that vectorise over the output width (softplus and sigmoid with the
 // vectorisable exp / log1p of common/cpu_math.h in float), then the compositing scan of ray_march.
-// The planes are read where they are (any strides; channels-last is the fast case), never copied.
+// The planes are read channels-last (C contiguous channels per tap): in place when they are, else from one
+// transient copy per call.
 // The backward recomputes all of it per ray, runs ray_march's reverse sweep and back-propagates through the
 // decoder, in chunks of rays: (1) in parallel over fixed sub-blocks of the chunk, each with its own decoder
 // gradient accumulator, keeping the per-sample feature gradients of the chunk ([chunk, S, C], a few MB);
@@ -14,7 +15,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -42,23 +46,39 @@ struct Problem {
   const T* planes;  // [B, 3, C, H, W] with element strides sb, sp, sc, sh, sw (channels-last when sc == 1)
   int64_t sb, sp, sc, sh, sw;
   const T *origins, *dirs, *depths;
-  const T *w1t, *b1, *w2t, *b2;  // w1t [C, Hd], w2t [Hd, O] (transposed copies); b1 [Hd], b2 [O]
-  const T *w1, *w2;              // w1 [Hd, C], w2 [O, Hd] as given
+  const T *b1, *b2;
+  at::Tensor w1, b1t, w2, b2t;  // w1 [Hd, C], b1 [Hd], w2 [O, Hd], b2 [O] (contiguous), for the GEMMs
   T scale, half_box, bias;
   int64_t ax[3][2];
   bool clip;
 };
 
+// Rays per block: the decoder runs as GEMMs over the block's kBlock * S samples (ATen's, single-threaded
+// inside the workers); blocks are fixed, so every sum has the same order for any thread count.
+constexpr int64_t kBlock = 8;
+
 template <typename T>
 struct Scratch {
-  std::vector<T> F, Hp, A, Y, col, sig, gF, gY, gA, gc, gs;
+  int64_t rows;  // kBlock * S
+  std::vector<T> F, Hp, A, Y, SG, col, sig, gF, gY, gA, gs;
   std::vector<uint8_t> inside;
-  // ray_march scratch
+  // ray_march scratch (one ray at a time)
   std::vector<T> alpha, e, slope, tbar, delta, trans, w, omega, G;
-  Scratch(const Dims& d)
-      : F(d.S * d.C), Hp(d.S * d.Hd), A(d.S * d.Hd), Y(d.S * d.O), col(d.S * (d.O - 1)), sig(d.S), gF(d.S * d.C),
-        gY(d.S * d.O), gA(d.S * d.Hd), gc(d.S * (d.O - 1)), gs(d.S), inside(d.S), alpha(d.S), e(d.S), slope(d.S),
-        tbar(d.S), delta(d.S), trans(d.S), w(d.S), omega(d.S), G(d.S) {}
+  at::Tensor tF, tHp, tA, tY, tgY, tgA, tgF;  // views of the arrays above as [rows, *] tensors
+  Scratch(const Dims& d, at::ScalarType dtype)
+      : rows(kBlock * d.S), F(rows * d.C), Hp(rows * d.Hd), A(rows * d.Hd), Y(rows * d.O), SG(rows * d.O),
+        col(rows * (d.O - 1)), sig(rows), gF(rows * d.C), gY(rows * d.O), gA(rows * d.Hd), gs(d.S), inside(rows),
+        alpha(d.S), e(d.S), slope(d.S), tbar(d.S), delta(d.S), trans(d.S), w(d.S), omega(rows), G(d.S) {
+    auto opts = at::TensorOptions().dtype(dtype);
+    auto view = [&](std::vector<T>& v, int64_t cols) { return at::from_blob(v.data(), {rows, cols}, opts); };
+    tF = view(F, d.C);
+    tHp = view(Hp, d.Hd);
+    tA = view(A, d.Hd);
+    tY = view(Y, d.O);
+    tgY = view(gY, d.O);
+    tgA = view(gA, d.Hd);
+    tgF = view(gF, d.C);
+  }
 };
 
 // y = softplus(x) (torch's, threshold 20) over n values; float uses the vectorisable exp / log1p.
@@ -93,48 +113,20 @@ ONESHOT_CPU_MULTIVERSION void sigmoid_array(const T* __restrict__ x, T* __restri
   }
 }
 
-// out[k, :] = bias + sum_i in[k, i] wt[i, :] for k < S: [S, I] x [I, N] (wt row-major), vectorised over N.
+// The decoder on the first n rows of the block: F -> Hp = F w1^T + b1, A = softplus(Hp), Y = A w2^T + b2,
+// SG = sigmoid(Y); sig, col per row.
 template <typename T>
-ONESHOT_CPU_MULTIVERSION void linear_rows(const T* __restrict__ in, const T* __restrict__ wt, const T* __restrict__ bias,
-                                          int64_t S, int64_t I, int64_t N, T* __restrict__ out) {
-  for (int64_t k = 0; k < S; ++k) {
-    T* o = out + k * N;
-    for (int64_t j = 0; j < N; ++j) o[j] = bias ? bias[j] : T(0);
-    const T* x = in + k * I;
-    for (int64_t i = 0; i < I; ++i) {
-      const T xi = x[i];
-      const T* w = wt + i * N;
-      for (int64_t j = 0; j < N; ++j) o[j] += xi * w[j];
-    }
-  }
-}
-
-// acc[i, :] += sum_k g[k, i] x[k, :] for the S rows: the weight gradient [I, N] of a linear layer.
-template <typename T>
-ONESHOT_CPU_MULTIVERSION void outer_accumulate(const T* __restrict__ g, const T* __restrict__ x, int64_t S, int64_t I,
-                                               int64_t N, T* __restrict__ acc) {
-  for (int64_t i = 0; i < I; ++i) {
-    T* row = acc + i * N;
-    for (int64_t k = 0; k < S; ++k) {
-      const T gi = g[k * I + i];
-      const T* xk = x + k * N;
-      for (int64_t j = 0; j < N; ++j) row[j] += gi * xk[j];
-    }
-  }
-}
-
-// Per-sample decoder forward for the S samples of one ray: F -> Hp, A -> Y -> sig, col.
-template <typename T>
-void decode(const Problem<T>& P, Scratch<T>& sc) {
+void decode(const Problem<T>& P, Scratch<T>& sc, int64_t n) {
   const Dims& d = P.d;
-  const int64_t S = d.S, C = d.C, Hd = d.Hd, O = d.O, Co = O - 1;
-  linear_rows<T>(sc.F.data(), P.w1t, P.b1, S, C, Hd, sc.Hp.data());
-  softplus_array<T>(sc.Hp.data(), sc.A.data(), S * Hd);
-  linear_rows<T>(sc.A.data(), P.w2t, P.b2, S, Hd, O, sc.Y.data());
-  sigmoid_array<T, false>(sc.Y.data(), sc.gY.data(), S * O);  // gY as scratch: sigmoid of every output
-  for (int64_t k = 0; k < S; ++k) {
+  const int64_t Hd = d.Hd, O = d.O, Co = O - 1;
+  at::Tensor Hp = sc.tHp.narrow(0, 0, n), A = sc.tA.narrow(0, 0, n), Y = sc.tY.narrow(0, 0, n);
+  at::addmm_out(Hp, P.b1t, sc.tF.narrow(0, 0, n), P.w1.t());
+  softplus_array<T>(sc.Hp.data(), sc.A.data(), n * Hd);
+  at::addmm_out(Y, P.b2t, A, P.w2.t());
+  sigmoid_array<T, false>(sc.Y.data(), sc.SG.data(), n * O);
+  for (int64_t k = 0; k < n; ++k) {
     sc.sig[k] = sc.inside[k] ? sc.Y[k * O] : T(render::kOutsideDensity);
-    const T* sg = sc.gY.data() + k * O + 1;
+    const T* sg = sc.SG.data() + k * O + 1;
     T* cl = sc.col.data() + k * Co;
     for (int64_t o = 0; o < Co; ++o) cl[o] = sg[o] * T(render::kColorScale) - T(render::kColorShift);
   }
@@ -142,7 +134,7 @@ void decode(const Problem<T>& P, Scratch<T>& sc) {
 
 // The point of sample k of ray (b, r), its taps on the three planes, and its mean feature F[k].
 template <typename T>
-inline void sample_features(const Problem<T>& P, int64_t b, int64_t r, Scratch<T>& sc) {
+inline void sample_features(const Problem<T>& P, int64_t b, int64_t r, Scratch<T>& sc, int64_t q) {
   const Dims& d = P.d;
   const int64_t S = d.S, C = d.C, H = d.H, W = d.W;
   const T* o = P.origins + (b * d.R + r) * 3;
@@ -152,8 +144,8 @@ inline void sample_features(const Problem<T>& P, int64_t b, int64_t r, Scratch<T
   for (int64_t k = 0; k < S; ++k) {
     T p[3];
     for (int i = 0; i < 3; ++i) p[i] = o[i] + t[k] * dir[i];
-    sc.inside[k] = std::max({std::fabs(p[0]), std::fabs(p[1]), std::fabs(p[2])}) <= P.half_box;
-    T* f = sc.F.data() + k * C;
+    sc.inside[q * S + k] = !P.clip || std::max({std::fabs(p[0]), std::fabs(p[1]), std::fabs(p[2])}) <= P.half_box;
+    T* f = sc.F.data() + (q * S + k) * C;
     for (int64_t c = 0; c < C; ++c) f[c] = T(0);
     for (int pl = 0; pl < 3; ++pl) {
       const triplane::Taps<T> tp = triplane::taps<T>(p[P.ax[pl][0]] * P.scale, p[P.ax[pl][1]] * P.scale, W, H);
@@ -176,11 +168,13 @@ inline void sample_features(const Problem<T>& P, int64_t b, int64_t r, Scratch<T
 
 // ray_march's forward on the ray's colours and densities (see raymarch_cpu.cpp, written out for one ray).
 template <typename T>
-inline void composite(const Problem<T>& P, const T* t, Scratch<T>& sc, T* f_out, T* depth_out, T* op_out,
+inline void composite(const Problem<T>& P, const T* t, Scratch<T>& sc, int64_t q, T* f_out, T* depth_out, T* op_out,
                       T* w_out, bool slope) {
   const int64_t S = P.d.S, K = S - 1, Co = P.d.O - 1;
+  const T* sig = sc.sig.data() + q * S;
+  T* omega = sc.omega.data() + q * S;
   for (int64_t k = 0; k < K; ++k) {
-    const T m = (sc.sig[k] + sc.sig[k + 1]) / T(2) + P.bias;
+    const T m = (sig[k] + sig[k + 1]) / T(2) + P.bias;
     const T dt = t[k + 1] - t[k];
     const T sigma = raymarch::softplus(m);
     const T ek = std::exp(-(sigma * dt));
@@ -198,14 +192,14 @@ inline void composite(const Problem<T>& P, const T* t, Scratch<T>& sc, T* f_out,
     op += sc.w[k];
     nu += sc.w[k] * sc.tbar[k];
   }
-  sc.omega[0] = sc.w[0] / T(2);
-  for (int64_t k = 1; k < K; ++k) sc.omega[k] = (sc.w[k - 1] + sc.w[k]) / T(2);
-  sc.omega[K] = sc.w[K - 1] / T(2);
+  omega[0] = sc.w[0] / T(2);
+  for (int64_t k = 1; k < K; ++k) omega[k] = (sc.w[k - 1] + sc.w[k]) / T(2);
+  omega[K] = sc.w[K - 1] / T(2);
   if (f_out) {
     for (int64_t c = 0; c < Co; ++c) f_out[c] = T(0);
     for (int64_t k = 0; k < S; ++k) {
-      const T om = sc.omega[k];
-      const T* ck = sc.col.data() + k * Co;
+      const T om = omega[k];
+      const T* ck = sc.col.data() + (q * S + k) * Co;
       for (int64_t c = 0; c < Co; ++c) f_out[c] += om * ck[c];
     }
     *op_out = op;
@@ -220,7 +214,7 @@ inline void composite(const Problem<T>& P, const T* t, Scratch<T>& sc, T* f_out,
 template <typename T>
 Problem<T> problem(const Dims& d, const at::Tensor& planes_cl, const at::Tensor& origins, const at::Tensor& dirs,
                    const at::Tensor& depths, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                   const at::Tensor& b2, const at::Tensor& w1t, const at::Tensor& w2t, double box_warp,
+                   const at::Tensor& b2, double box_warp,
                    at::IntArrayRef axes, bool clip, double density_bias) {
   Problem<T> P;
   P.d = d;
@@ -233,12 +227,12 @@ Problem<T> problem(const Dims& d, const at::Tensor& planes_cl, const at::Tensor&
   P.origins = origins.const_data_ptr<T>();
   P.dirs = dirs.const_data_ptr<T>();
   P.depths = depths.const_data_ptr<T>();
-  P.w1 = w1.const_data_ptr<T>();
+  P.w1 = w1;
+  P.b1t = b1;
+  P.w2 = w2;
+  P.b2t = b2;
   P.b1 = b1.const_data_ptr<T>();
-  P.w2 = w2.const_data_ptr<T>();
   P.b2 = b2.const_data_ptr<T>();
-  P.w1t = w1t.const_data_ptr<T>();
-  P.w2t = w2t.const_data_ptr<T>();
   P.scale = static_cast<T>(2.0 / box_warp);
   P.half_box = static_cast<T>(box_warp / 2);
   P.bias = static_cast<T>(density_bias);
@@ -251,23 +245,26 @@ Problem<T> problem(const Dims& d, const at::Tensor& planes_cl, const at::Tensor&
 }
 
 struct Inputs {
-  at::Tensor planes_cl, origins, dirs, depths, w1, b1, w2, b2, w1t, w2t;
+  at::Tensor planes_cl, origins, dirs, depths, w1, b1, w2, b2;
 };
 
 Inputs prepare(const at::Tensor& planes, const at::Tensor& origins, const at::Tensor& directions,
                const at::Tensor& depths, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                const at::Tensor& b2) {
   Inputs in;
-  in.planes_cl = planes;  // read in place, whatever its strides
+  // The taps read C contiguous channels: planes whose channel stride is not 1 are copied channels-last once
+  // per call (a transient copy of the planes; channels-last planes are read in place).
+  in.planes_cl = (planes.stride(2) == 1 || planes.size(2) == 1)
+                     ? planes
+                     : planes.permute({0, 1, 3, 4, 2}).contiguous().permute({0, 1, 4, 2, 3});
   in.origins = origins.contiguous();
   in.dirs = directions.contiguous();
   in.depths = depths.contiguous();
-  in.w1 = w1.contiguous();
-  in.b1 = b1.contiguous();
-  in.w2 = w2.contiguous();
-  in.b2 = b2.contiguous();
-  in.w1t = w1.t().contiguous();
-  in.w2t = w2.t().contiguous();
+  // detached: the decoder's GEMMs below run as plain ATen calls (this kernel is already below autograd)
+  in.w1 = w1.detach().contiguous();
+  in.b1 = b1.detach().contiguous();
+  in.w2 = w2.detach().contiguous();
+  in.b2 = b2.detach().contiguous();
   return in;
 }
 
@@ -294,32 +291,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_triplane_cpu(
   AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "render_triplane_cpu", [&] {
     using T = scalar_t;
     const Problem<T> P = problem<T>(d, in.planes_cl, in.origins, in.dirs, in.depths, in.w1, in.b1, in.w2, in.b2,
-                                    in.w1t, in.w2t, box_warp, axes, clip_to_box, density_bias);
+                                    box_warp, axes, clip_to_box, density_bias);
     T *f = feat.mutable_data_ptr<T>(), *dp = depth.mutable_data_ptr<T>(), *op = opacity.mutable_data_ptr<T>(),
       *w = weights.mutable_data_ptr<T>();
-    at::parallel_for(0, d.B * d.R, 16, [&](int64_t begin, int64_t end) {
-      Scratch<T> sc(d);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t b = i / d.R, r = i % d.R;
-        sample_features<T>(P, b, r, sc);
-        if (!P.clip) std::fill(sc.inside.begin(), sc.inside.end(), uint8_t(1));
-        decode<T>(P, sc);
-        composite<T>(P, P.depths + i * d.S, sc, f + i * Co, dp + i, op + i, w + i * (d.S - 1), false);
+    const int64_t N = d.B * d.R, nblocks = (N + kBlock - 1) / kBlock;
+    at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
+      Scratch<T> sc(d, planes.scalar_type());
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t i0 = blk * kBlock, nq = std::min(kBlock, N - i0);
+        for (int64_t q = 0; q < nq; ++q) sample_features<T>(P, (i0 + q) / d.R, (i0 + q) % d.R, sc, q);
+        decode<T>(P, sc, nq * d.S);
+        for (int64_t q = 0; q < nq; ++q) {
+          const int64_t i = i0 + q;
+          composite<T>(P, P.depths + i * d.S, sc, q, f + i * Co, dp + i, op + i, w + i * (d.S - 1), false);
+        }
       }
     });
   });
   return {feat, depth, opacity, weights};
 }
 
-// The backward of one ray: gF (d loss / d mean feature, per sample) and the decoder's gradients (accumulated).
+// The backward of ray i in slot q of the block, down to d loss / d decoder outputs: gY rows [q * S, (q + 1) * S).
 template <typename T>
-ONESHOT_CPU_MULTIVERSION void backward_ray(const Problem<T>& P, int64_t i, const T* gf, const T* gd, const T* go,
-                                           const T* gw, Scratch<T>& sc, T* gw1, T* gb1, T* gw2, T* gb2) {
+ONESHOT_CPU_MULTIVERSION void backward_ray(const Problem<T>& P, int64_t i, int64_t q, const T* gf, const T* gd,
+                                           const T* go, const T* gw, Scratch<T>& sc) {
   const Dims& d = P.d;
-  const int64_t S = d.S, K = S - 1, C = d.C, Hd = d.Hd, O = d.O, Co = O - 1;
+  const int64_t S = d.S, K = S - 1, O = d.O, Co = O - 1;
   const T* t = P.depths + i * S;
-  composite<T>(P, t, sc, nullptr, nullptr, nullptr, nullptr, true);
+  composite<T>(P, t, sc, q, nullptr, nullptr, nullptr, nullptr, true);
   const T op = sc.G[0], num = sc.G[1];
+  const T* col = sc.col.data() + q * S * Co;
+  const T* omega = sc.omega.data() + q * S;
   // ray_march's backward (raymarch_cpu.cpp): dL/dw_k, the reverse sweep, then d/d densities and d/d colours.
   T g_op = go ? *go : T(0);
   T depth_coef = T(0), depth_val = T(0);
@@ -333,7 +335,7 @@ ONESHOT_CPU_MULTIVERSION void backward_ray(const Problem<T>& P, int64_t i, const
     for (int64_t k = 0; k < K; ++k) G[k] += gw[k];
   }
   if (gf) {
-    for (int64_t k = 0; k < S; ++k) sc.gs[k] = cpu::dot(gf, sc.col.data() + k * Co, Co);  // dots, reused below
+    for (int64_t k = 0; k < S; ++k) sc.gs[k] = cpu::dot(gf, col + k * Co, Co);  // dots, reused below
     for (int64_t k = 0; k < K; ++k) G[k] += (sc.gs[k] + sc.gs[k + 1]) / T(2);
   }
   T suffix = T(0);
@@ -347,29 +349,42 @@ ONESHOT_CPU_MULTIVERSION void backward_ray(const Problem<T>& P, int64_t i, const
   sc.gs[0] = G[0] / T(2);
   for (int64_t k = 1; k < K; ++k) sc.gs[k] = (G[k - 1] + G[k]) / T(2);
   sc.gs[K] = G[K - 1] / T(2);
-  // d/d decoder outputs: y_0 (where inside), y_{1+o} through the scaled sigmoid (decode left sigmoid(y) in gY).
+  // d/d decoder outputs: y_0 (where inside), y_{1+o} through the scaled sigmoid.
   for (int64_t k = 0; k < S; ++k) {
-    T* gy = sc.gY.data() + k * O;
+    const int64_t row = q * S + k;
+    T* gy = sc.gY.data() + row * O;
+    const T* sg = sc.SG.data() + row * O;
     for (int64_t o = 0; o < Co; ++o) {
-      const T s = gy[1 + o];
-      gy[1 + o] = gf ? gf[o] * sc.omega[k] * T(render::kColorScale) * s * (T(1) - s) : T(0);
+      const T s = sg[1 + o];
+      gy[1 + o] = gf ? gf[o] * omega[k] * T(render::kColorScale) * s * (T(1) - s) : T(0);
     }
-    gy[0] = sc.inside[k] ? sc.gs[k] : T(0);
+    gy[0] = sc.inside[row] ? sc.gs[k] : T(0);
   }
-  for (int64_t k = 0; k < S; ++k) {
+}
+
+// The decoder's backward on the first n rows of the block: its gradients added to gw1, gb1, gw2, gb2 (tensors
+// over the block's accumulator), d loss / d features into gF.
+template <typename T>
+void decoder_backward(const Problem<T>& P, Scratch<T>& sc, int64_t n, at::Tensor& gw1, T* gb1, at::Tensor& gw2,
+                      T* gb2) {
+  const Dims& d = P.d;
+  const int64_t Hd = d.Hd, O = d.O;
+  at::Tensor gY = sc.tgY.narrow(0, 0, n), gA = sc.tgA.narrow(0, 0, n);
+  for (int64_t k = 0; k < n; ++k) {
     const T* gy = sc.gY.data() + k * O;
     for (int64_t o = 0; o < O; ++o) gb2[o] += gy[o];
   }
-  outer_accumulate<T>(sc.gY.data(), sc.A.data(), S, O, Hd, gw2);  // gw2 [O, Hd] += gY^T A
-  linear_rows<T>(sc.gY.data(), P.w2, nullptr, S, O, Hd, sc.gA.data());  // gA = gY w2
-  sigmoid_array<T, true>(sc.Hp.data(), sc.A.data(), S * Hd);  // softplus'(h) (A is no longer needed)
-  for (int64_t i = 0; i < S * Hd; ++i) sc.gA[i] *= sc.A[i];
-  for (int64_t k = 0; k < S; ++k) {
+  gw2.addmm_(gY.t(), sc.tA.narrow(0, 0, n));  // gw2 [O, Hd] += gY^T A
+  at::mm_out(gA, gY, P.w2);                   // gA = gY w2
+  sigmoid_array<T, true>(sc.Hp.data(), sc.A.data(), n * Hd);  // softplus'(h) (A is no longer needed)
+  for (int64_t j = 0; j < n * Hd; ++j) sc.gA[j] *= sc.A[j];
+  for (int64_t k = 0; k < n; ++k) {
     const T* ga = sc.gA.data() + k * Hd;
     for (int64_t j = 0; j < Hd; ++j) gb1[j] += ga[j];
   }
-  outer_accumulate<T>(sc.gA.data(), sc.F.data(), S, Hd, C, gw1);  // gw1 [Hd, C] += gH^T F
-  linear_rows<T>(sc.gA.data(), P.w1, nullptr, S, Hd, C, sc.gF.data());  // gF = gH w1
+  gw1.addmm_(gA.t(), sc.tF.narrow(0, 0, n));   // gw1 [Hd, C] += gH^T F
+  at::Tensor gF = sc.tgF.narrow(0, 0, n);
+  at::mm_out(gF, gA, P.w1);  // gF = gH w1
 }
 
 // Scatter gF / 3 ([S, C], the ray's per-sample feature gradients) of ray (b, r) into plane `pl` of the
@@ -429,13 +444,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
   AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "render_triplane_backward_cpu", [&] {
     using T = scalar_t;
     const Problem<T> P = problem<T>(d, in.planes_cl, in.origins, in.dirs, in.depths, in.w1, in.b1, in.w2, in.b2,
-                                    in.w1t, in.w2t, box_warp, axes, clip_to_box, density_bias);
+                                    box_warp, axes, clip_to_box, density_bias);
     auto ptr = [](const std::optional<at::Tensor>& g) -> const T* {
       return g.has_value() ? g->const_data_ptr<T>() : nullptr;
     };
     const T *pgf = ptr(gf), *pgd = ptr(gd), *pgo = ptr(go), *pgw = ptr(gw);
     // Chunks of rays; each chunk in fixed sub-blocks of kSub rays with their own decoder-gradient accumulators.
-    constexpr int64_t kSub = 8;
+    constexpr int64_t kSub = kBlock;
     const int64_t chunk = std::min<int64_t>(N, 512);
     const int64_t max_subs = (chunk + kSub - 1) / kSub;
     const int64_t wsize = d.Hd * d.C + d.Hd + d.O * d.Hd + d.O;
@@ -446,20 +461,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
     for (int64_t c0 = 0; c0 < N; c0 += chunk) {
       const int64_t n = std::min(chunk, N - c0), subs = (n + kSub - 1) / kSub;
       at::parallel_for(0, subs, 1, [&](int64_t sb, int64_t se) {
-        Scratch<T> sc(d);
+        Scratch<T> sc(d, planes.scalar_type());
         for (int64_t u = sb; u < se; ++u) {
           T* wg = wacc.data() + u * wsize;
           std::fill(wg, wg + wsize, T(0));
           T *g_w1 = wg, *g_b1 = g_w1 + d.Hd * d.C, *g_w2 = g_b1 + d.Hd, *g_b2 = g_w2 + d.O * d.Hd;
-          for (int64_t i = c0 + u * kSub; i < std::min(c0 + (u + 1) * kSub, c0 + n); ++i) {
-            const int64_t b = i / d.R, r = i % d.R;
-            sample_features<T>(P, b, r, sc);
-            if (!P.clip) std::fill(sc.inside.begin(), sc.inside.end(), uint8_t(1));
-            decode<T>(P, sc);
-            backward_ray<T>(P, i, pgf ? pgf + i * Co : nullptr, pgd ? pgd + i : nullptr, pgo ? pgo + i : nullptr,
-                            pgw ? pgw + i * (d.S - 1) : nullptr, sc, g_w1, g_b1, g_w2, g_b2);
-            std::copy(sc.gF.begin(), sc.gF.end(), gFbuf.begin() + (i - c0) * d.S * d.C);
+          at::Tensor tw1 = at::from_blob(g_w1, {d.Hd, d.C}, planes.options());
+          at::Tensor tw2 = at::from_blob(g_w2, {d.O, d.Hd}, planes.options());
+          const int64_t i0 = c0 + u * kSub, nq = std::min(c0 + (u + 1) * kSub, c0 + n) - i0;
+          for (int64_t q = 0; q < nq; ++q) sample_features<T>(P, (i0 + q) / d.R, (i0 + q) % d.R, sc, q);
+          decode<T>(P, sc, nq * d.S);
+          for (int64_t q = 0; q < nq; ++q) {
+            const int64_t i = i0 + q;
+            backward_ray<T>(P, i, q, pgf ? pgf + i * Co : nullptr, pgd ? pgd + i : nullptr, pgo ? pgo + i : nullptr,
+                            pgw ? pgw + i * (d.S - 1) : nullptr, sc);
           }
+          decoder_backward<T>(P, sc, nq * d.S, tw1, g_b1, tw2, g_b2);
+          std::copy(sc.gF.begin(), sc.gF.begin() + nq * d.S * d.C, gFbuf.begin() + (i0 - c0) * d.S * d.C);
         }
       });
       for (int64_t u = 0; u < subs; ++u) {

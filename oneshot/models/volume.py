@@ -166,13 +166,22 @@ class VolumeRenderer(nn.Module):
         return out.reshape(B, R, -1)
 
     def _fused_ok(self, planes, decoder) -> bool:
+        """Whether this render takes the fused op: switched on, EG3D's decoder, float32 / float64 planes, and a
+        native render_triplane kernel for the device (there is none for CUDA yet: GPU renders stay composed)."""
+        from ..ops._common import kernel_registered
         from .decoder import TriplaneDecoder
 
+        key = {"cpu": "CPU", "cuda": "CUDA"}.get(planes.device.type)
         return (self.settings.fused and isinstance(decoder, TriplaneDecoder)
-                and planes.dtype in (torch.float32, torch.float64))
+                and planes.dtype in (torch.float32, torch.float64) and self.backend in (None, "auto", "native")
+                and key is not None and kernel_registered("render_triplane", key))
 
     def _render_fused(self, planes, decoder, origins, dirs, depths, generator):
         s = self.settings
+        if planes.stride(2) != 1 and planes.shape[2] > 1:
+            # the kernel reads C contiguous channels per tap: one channels-last copy for the whole render (the
+            # coarse pass, the final pass and its backward), not one per call
+            planes = planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         w = decoder_weights(decoder)
         kw = dict(box_warp=s.box_warp, axes=s.axes, clip_to_box=s.clip_to_box, density_bias=s.density_bias,
                   backend=self.backend)
