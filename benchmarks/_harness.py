@@ -164,9 +164,10 @@ def run_case(results: list, op, case, mode, provider, fn, device, note="", **kw)
     return r
 
 
-def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("reference", "ckdtree", "cdist")) -> tuple[Path, Path]:
+def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("reference", "ckdtree", "cdist"),
+          memory: bool = False) -> tuple[Path, Path]:
     """Write <name>.csv and <name>.md: every measurement, plus speed-ups against each baseline provider
-    measured for the same (op, case, mode) in this run."""
+    measured for the same (op, case, mode) in this run (and, with `memory`, the baseline's peak / this peak)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     info = machine()
     present = [b for b in baselines if any(r.provider == b for r in results)]
@@ -188,17 +189,28 @@ def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("ref
         + "; speed-up = baseline median / provider median, "
         "measured side by side in this run. Peak = memory growth during one call (resident set on CPU).",
         "",
-        "| op | case | mode | provider | median ms | IQR ms | peak MiB | " + " | ".join(f"vs {b}" for b in present) + " |",
-        "|---|---|---|---|---:|---:|---:|" + "---:|" * len(present),
+        "| op | case | mode | provider | median ms | IQR ms | peak MiB |"
+        + "".join(f" vs {b} |" for b in present) + "".join(f" memory vs {b} |" for b in present if memory),
+        "|---|---|---|---|---:|---:|---:|" + "---:|" * (len(present) * (2 if memory else 1)),
     ]
     for r in results:
-        sp = " | ".join(_speedup(results, r, b) for b in present)
+        sp = "".join(f" {_speedup(results, r, b)} |" for b in present)
+        mem = "".join(f" {_memory_ratio(results, r, b)} |" for b in present if memory)
         lines.append(
             f"| {r.op} | {r.case} | {r.mode} | {r.provider} | {r.median_ms:.2f} | {r.q25_ms:.2f}-{r.q75_ms:.2f} | "
-            f"{r.peak_mb:.0f} | {sp} |"
+            f"{r.peak_mb:.0f} |{sp}{mem}"
         )
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+def _memory_ratio(results, r, baseline) -> str:
+    if r.provider == baseline:
+        return ""
+    for b in results:
+        if (b.op, b.case, b.mode, b.provider) == (r.op, r.case, r.mode, baseline) and r.peak_mb > 0:
+            return f"{b.peak_mb / r.peak_mb:.1f}x less"
+    return ""
 
 
 def _speedup(results, r, baseline) -> str:
@@ -238,7 +250,7 @@ def run_fwd_and_fwd_bwd(results: list, op, case, provider, device, call: Callabl
     run_case(results, op, case, "fwd+bwd", provider, fwd_bwd, device, **kw)
 
 
-def main(run: Callable, stem: str, doc: str, argv=None) -> None:
+def main(run: Callable, stem: str, doc: str, argv=None, **write_kw) -> None:
     """Command line of one benchmark script: run(device, quick, results), then write <stem>_<device>.*."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="skip the largest sizes")
@@ -248,4 +260,4 @@ def main(run: Callable, stem: str, doc: str, argv=None) -> None:
     device = device_arg(a.device)
     results: list = []
     run(device, a.quick, results)
-    print(*write(results, a.name or f"{stem}_{device.type}"), sep="\n")
+    print(*write(results, a.name or f"{stem}_{device.type}", **write_kw), sep="\n")

@@ -32,7 +32,7 @@ $PY -c "import oneshot.ops as o; print(o.backend_info())" 2>&1 | tee -a "$OUT/gp
 # The tests that use the GPU (the CUDA kernels, the device-parametrised op suites, Triton compiled for real), each
 # phase under a time limit so that one hang cannot eat the lease; FULL_TESTS=1 runs the whole suite instead.
 TESTS="tests/test_cuda.py tests/test_triplane.py tests/test_raymarch.py tests/test_raster.py tests/test_dtypes.py"
-TESTS="$TESTS tests/test_errors.py tests/test_triton.py"
+TESTS="$TESTS tests/test_errors.py tests/test_triton.py tests/test_render_triplane.py"
 [ "${FULL_TESTS:-0}" = "1" ] && TESTS=tests
 if $PY -c "import pytest, hypothesis" 2>/dev/null; then
   timeout "${TEST_TIMEOUT:-300}" $PY -m pytest -q -p no:cacheprovider $TESTS --junitxml="$OUT/gpu_tests.xml" 2>&1 \
@@ -46,6 +46,9 @@ QUICK_FLAG=""
 [ "${QUICK:-0}" = "1" ] && QUICK_FLAG="--quick"
 $PY benchmarks/run.py --device cuda $QUICK_FLAG --name cuda 2>&1 | tail -60 | tee "$OUT/gpu_bench.log"
 [ "$OUT" = benchmarks/results ] || cp benchmarks/results/cuda.csv benchmarks/results/cuda.md "$OUT/" 2>/dev/null || true
+log "fused renderer vs composed ops (render_triplane; composed only until a CUDA kernel exists)"
+$PY benchmarks/bench_render.py --device cuda $QUICK_FLAG 2>&1 | tail -12 | tee -a "$OUT/gpu_bench.log"
+[ "$OUT" = benchmarks/results ] || cp benchmarks/results/render_cuda.* "$OUT/" 2>/dev/null || true
 if $PY -c "import transformers, safetensors" 2>/dev/null; then
   log "avatar inference benchmark (per preset, native vs reference ops)"
   $PY benchmarks/bench_avatar.py --device cuda $QUICK_FLAG 2>&1 | tail -30 | tee -a "$OUT/gpu_bench.log"
