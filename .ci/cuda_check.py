@@ -12,8 +12,8 @@ import torch
 import oneshot
 from oneshot import ops
 
-OPS = ["triplane_sample", "triplane_sample_backward", "ray_march", "ray_march_backward", "rasterize_points",
-       "rasterize_points_backward"]
+OPS = ["triplane_sample", "triplane_sample_backward", "ray_march", "ray_march_backward", "render_triplane",
+       "render_triplane_backward", "rasterize_points", "rasterize_points_backward"]
 
 info = ops.backend_info()
 print("torch", torch.__version__, "cuda", torch.version.cuda, "| oneshot", Path(oneshot.__file__).parent)

@@ -51,13 +51,17 @@ NAMES = ("features", "depth", "opacity", "weights")
 GRADS = ("planes", "w1", "b1", "w2", "b2")
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,rtol,atol", [(torch.float64, 1e-10, 1e-12), (torch.float32, 2e-4, 2e-5)])
 @pytest.mark.parametrize("clip", [False, True])
-def test_matches_the_composed_reference(dtype, rtol, atol, clip):
-    args = _scene(dtype=dtype)
+def test_matches_the_composed_reference(device, dtype, rtol, atol, clip):
+    args = [a.to(device) for a in _scene(dtype=dtype)]
     kw = dict(box_warp=1.0, axes=AXES, clip_to_box=clip, density_bias=-1.0)
     g = torch.Generator().manual_seed(1)
-    cots = [torch.randn(s, generator=g, dtype=dtype) for s in ((2, 13, 4), (2, 13), (2, 13), (2, 13, 8))]
+    cots = [torch.randn(s, generator=g, dtype=dtype).to(device) for s in ((2, 13, 4), (2, 13), (2, 13), (2, 13, 8))]
     out, grads = _grads(lambda *a: render_triplane(*a, backend="native", **kw), args, cots)
     ref, rgrads = _grads(lambda *a: reference_render_triplane(*a, 1.0, AXES, clip, -1.0), args, cots)
     _compare(out, ref, rtol, atol, NAMES)
@@ -83,6 +87,30 @@ def test_drawn_shapes_and_any_subset_of_incoming_gradients(B, R, S, C, H, W, Hd,
     ref, rgrads = _grads(lambda *a: reference_render_triplane(*a, box, axes, clip, bias), args, cots)
     _compare(out, ref, 1e-9, 1e-11, NAMES)
     _compare(grads, rgrads, 1e-9, 1e-11, GRADS)
+
+
+def test_public_reference_backend_is_the_composed_reference():
+    args = _scene()
+    a = render_triplane(*args, clip_to_box=True, backend="reference")
+    b = reference_render_triplane(*args, 1.0, AXES, True, -1.0)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_16bit_planes_are_sampled_in_float32(device, low):
+    args = [a.to(device) for a in _scene(dtype=torch.float32)]
+    args[0] = args[0].to(low)
+    g = torch.Generator().manual_seed(2)
+    cots = [torch.randn(s, generator=g).to(device) for s in ((2, 13, 4), (2, 13), (2, 13), (2, 13, 8))]
+    out, grads = _grads(lambda *a: render_triplane(*a, clip_to_box=True, backend="native"), args, cots)
+    ref, rgrads = _grads(lambda *a: reference_render_triplane(*a, 1.0, AXES, True, -1.0), args, cots)
+    assert out.features.dtype == torch.float32 and grads[0].dtype == low
+    _compare(out, ref, 2e-4, 2e-5, NAMES)
+    _compare([x.float() for x in grads], [x.float() for x in rgrads], 1e-2, 1e-3, GRADS)
+    with pytest.raises(TypeError, match=r"w1 must have the dtype of planes \(torch.float16\) \(float32 with"):
+        render_triplane(args[0].half(), *args[1:4], args[4].double(), *args[5:])
 
 
 def test_gradcheck():

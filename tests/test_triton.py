@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from conftest import assert_close
 from oneshot import ops
 from oneshot.ops import reference
+from test_render_triplane import _grads, _scene
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -228,3 +229,45 @@ def test_compile_traces_the_triton_ops():
     points = torch.rand(1, 100, 3, device="cuda") - 0.5
     f = torch.compile(lambda p, x: ops.triplane_sample(p, x, backend="triton"), fullgraph=True)
     close(f(planes, points), ops.triplane_sample(planes, points, backend="triton"), torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------- #
+# render_triplane (fused sample + decoder + composite)
+
+@settings(max_examples=8, deadline=None)
+@given(B=st.integers(1, 2), R=st.integers(1, 21), S=st.integers(2, 7), C=st.sampled_from([1, 4, 17]),
+       Hd=st.sampled_from([3, 16, 20]), Co=st.sampled_from([1, 3, 16]), clip=st.booleans(),
+       which=st.integers(1, 15), seed=st.integers(0, 99))
+def test_render_triplane_matches_reference(B, R, S, C, Hd, Co, clip, which, seed):
+    args = [a.float().to(DEVICE) for a in _scene(B, R, S, C, 5, 6, Hd, Co, seed=seed)]
+    g = torch.Generator().manual_seed(seed)
+    shapes = ((B, R, Co), (B, R), (B, R), (B, R, S - 1))
+    cots = [torch.randn(s, generator=g).to(DEVICE) if which >> k & 1 else None for k, s in enumerate(shapes)]
+    out, grads = _grads(lambda *a: ops.render_triplane(*a, clip_to_box=clip, backend="triton"), args, cots)
+    pairs = ((0, 1), (0, 2), (2, 1))
+    ref, rgrads = _grads(lambda *a: ops.reference_render_triplane(*a, 1.0, pairs, clip, -1.0),
+                         [a.double() for a in args], [None if c is None else c.double() for c in cots])
+    for name, a, b in zip(("features", "depth", "opacity", "weights"), out, ref):
+        close(a, b, torch.float32, scale=4.0, name=name)
+    for name, a, b in zip(("planes", "w1", "b1", "w2", "b2"), grads, rgrads):
+        close(a, b, torch.float32, scale=20.0, name=name)
+
+
+def test_render_triplane_refuses_other_dtypes():
+    args = [a.to(DEVICE) for a in _scene(1, 2, 3, 2, 3, 3, 2, 2)]  # float64
+    with pytest.raises(TypeError, match=r"backend='triton' supports float32.*for render_triplane.*got torch.float64"):
+        ops.render_triplane(*args, backend="triton")
+
+
+def test_render_triplane_16bit_planes():
+    args = [a.float().to(DEVICE) for a in _scene(1, 9, 4, 5, 4, 5, 6, 3, seed=4)]
+    args[0] = args[0].half()
+    cots = [torch.randn(1, 9, 3).to(DEVICE), None, None, None]
+    out, grads = _grads(lambda *a: ops.render_triplane(*a, clip_to_box=True, backend="triton"), args, cots)
+    ref, rgrads = _grads(lambda *a: ops.reference_render_triplane(*a, 1.0, ((0, 1), (0, 2), (2, 1)), True, -1.0), args,
+                         cots)
+    assert out.features.dtype == torch.float32 and grads[0].dtype == torch.float16
+    for name, a, b in zip(("features", "depth", "opacity", "weights"), out, ref):
+        close(a, b, torch.float32, scale=4.0, name=name)
+    for name, a, b in zip(("planes", "w1", "b1", "w2", "b2"), grads, rgrads):
+        close(a, b, torch.float16, name=name)

@@ -44,10 +44,20 @@ inline Dims check_inputs(const at::Tensor& planes, const at::Tensor& origins, co
   TORCH_CHECK_VALUE(b2.dim() == 1 && b2.size(0) == d.O, "b2 must be [", d.O, "], got ", shape_str(b2));
   TORCH_CHECK_VALUE(axes.size() == 6, "axes must hold 3 pairs (6 ints), got ", axes.size());
   for (auto a : axes) TORCH_CHECK_VALUE(a >= 0 && a < 3, "axes must be in [0, 3), got ", axes);
+  // dtypes: everything float32 or everything float64, or float16 / bfloat16 planes with float32 for the rest.
   const at::Tensor* all[] = {&origins, &directions, &depths, &w1, &b1, &w2, &b2};
   const char* names[] = {"origins", "directions", "depths", "w1", "b1", "w2", "b2"};
+  const bool low = planes.scalar_type() == at::kHalf || planes.scalar_type() == at::kBFloat16;
+  TORCH_CHECK_TYPE(low || planes.scalar_type() == at::kFloat || planes.scalar_type() == at::kDouble,
+                   "render_triplane takes float32, float64, float16 or bfloat16 planes, got ",
+                   dtype_str(planes.scalar_type()));
   for (int i = 0; i < 7; ++i) {
-    check_same_dtype(planes, *all[i], "planes", names[i]);
+    if (low) {
+      TORCH_CHECK_TYPE(all[i]->scalar_type() == at::kFloat, names[i], " must be float32 with ",
+                       dtype_str(planes.scalar_type()), " planes, got ", dtype_str(all[i]->scalar_type()));
+    } else {
+      check_same_dtype(planes, *all[i], "planes", names[i]);
+    }
     check_same_device(planes, *all[i], "planes", names[i]);
   }
   return d;

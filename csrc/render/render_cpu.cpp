@@ -254,9 +254,15 @@ Inputs prepare(const at::Tensor& planes, const at::Tensor& origins, const at::Te
   Inputs in;
   // The taps read C contiguous channels: planes whose channel stride is not 1 are copied channels-last once
   // per call (a transient copy of the planes; channels-last planes are read in place).
-  in.planes_cl = (planes.stride(2) == 1 || planes.size(2) == 1)
-                     ? planes
-                     : planes.permute({0, 1, 3, 4, 2}).contiguous().permute({0, 1, 4, 2, 3});
+  // 16-bit planes are read from a float32 copy (accumulation is float32 anyway).
+  const at::ScalarType compute = origins.scalar_type();
+  if (planes.scalar_type() != compute) {
+    in.planes_cl = planes.permute({0, 1, 3, 4, 2}).to(compute).contiguous().permute({0, 1, 4, 2, 3});
+  } else {
+    in.planes_cl = (planes.stride(2) == 1 || planes.size(2) == 1)
+                       ? planes
+                       : planes.permute({0, 1, 3, 4, 2}).contiguous().permute({0, 1, 4, 2, 3});
+  }
   in.origins = origins.contiguous();
   in.dirs = directions.contiguous();
   in.depths = depths.contiguous();
@@ -270,8 +276,6 @@ Inputs prepare(const at::Tensor& planes, const at::Tensor& origins, const at::Te
 
 void check_cpu(const at::Tensor& planes) {
   TORCH_CHECK_VALUE(planes.device().is_cpu(), "render_triplane (CPU kernel) got planes on ", planes.device());
-  TORCH_CHECK_VALUE(planes.scalar_type() == at::kFloat || planes.scalar_type() == at::kDouble,
-                    "render_triplane's CPU kernel takes float32 or float64, got ", dtype_str(planes.scalar_type()));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_triplane_cpu(
@@ -280,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_triplane_cpu(
     at::IntArrayRef axes, bool clip_to_box, double density_bias) {
   const Dims d = render::check_inputs(planes, origins, directions, depths, w1, b1, w2, b2, axes);
   check_cpu(planes);
-  auto opts = planes.options();
+  auto opts = origins.options();  // the compute dtype (float32 with 16-bit planes)
   const int64_t Co = d.O - 1;
   at::Tensor feat = at::empty({d.B, d.R, Co}, opts);
   at::Tensor depth = at::empty({d.B, d.R}, opts);
@@ -288,7 +292,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_triplane_cpu(
   at::Tensor weights = at::empty({d.B, d.R, d.S - 1}, opts);
   if (d.B * d.R == 0) return {feat, depth, opacity, weights};
   const Inputs in = prepare(planes, origins, directions, depths, w1, b1, w2, b2);
-  AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "render_triplane_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(origins.scalar_type(), "render_triplane_cpu", [&] {
     using T = scalar_t;
     const Problem<T> P = problem<T>(d, in.planes_cl, in.origins, in.dirs, in.depths, in.w1, in.b1, in.w2, in.b2,
                                     box_warp, axes, clip_to_box, density_bias);
@@ -296,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_triplane_cpu(
       *w = weights.mutable_data_ptr<T>();
     const int64_t N = d.B * d.R, nblocks = (N + kBlock - 1) / kBlock;
     at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
-      Scratch<T> sc(d, planes.scalar_type());
+      Scratch<T> sc(d, origins.scalar_type());
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t i0 = blk * kBlock, nq = std::min(kBlock, N - i0);
         for (int64_t q = 0; q < nq; ++q) sample_features<T>(P, (i0 + q) / d.R, (i0 + q) % d.R, sc, q);
@@ -427,7 +431,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
     if (!g.has_value() || !g->defined()) return out;
     TORCH_CHECK_VALUE(g->sizes() == at::IntArrayRef(shape), name, " must be ", at::IntArrayRef(shape), ", got ",
                       shape_str(*g));
-    check_same_dtype(planes, *g, "planes", name);
+    check_same_dtype(origins, *g, "origins", name);
     out = g->contiguous();
     return out;
   };
@@ -435,13 +439,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
   const auto gd = grad(grad_depth, {d.B, d.R}, "grad_depth");
   const auto go = grad(grad_opacity, {d.B, d.R}, "grad_opacity");
   const auto gw = grad(grad_weights, {d.B, d.R, d.S - 1}, "grad_weights");
-  auto opts = planes.options();
+  auto opts = origins.options();
   at::Tensor gp_cl = at::zeros({d.B, 3, d.H, d.W, d.C}, opts);
+  // the planes' gradient in their dtype: a view of the channels-last buffer (converted for 16-bit planes)
+  auto planes_grad = [&]() {
+    at::Tensor g = gp_cl.permute({0, 1, 4, 2, 3});
+    return planes.scalar_type() == g.scalar_type() ? g : g.to(planes.scalar_type());
+  };
   at::Tensor gw1 = at::zeros({d.Hd, d.C}, opts), gb1 = at::zeros({d.Hd}, opts);
   at::Tensor gw2 = at::zeros({d.O, d.Hd}, opts), gb2 = at::zeros({d.O}, opts);
-  if (N == 0 || (!gf && !gd && !go && !gw)) return {gp_cl.permute({0, 1, 4, 2, 3}), gw1, gb1, gw2, gb2};
+  if (N == 0 || (!gf && !gd && !go && !gw)) return {planes_grad(), gw1, gb1, gw2, gb2};
   const Inputs in = prepare(planes, origins, directions, depths, w1, b1, w2, b2);
-  AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "render_triplane_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(origins.scalar_type(), "render_triplane_backward_cpu", [&] {
     using T = scalar_t;
     const Problem<T> P = problem<T>(d, in.planes_cl, in.origins, in.dirs, in.depths, in.w1, in.b1, in.w2, in.b2,
                                     box_warp, axes, clip_to_box, density_bias);
@@ -461,13 +470,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
     for (int64_t c0 = 0; c0 < N; c0 += chunk) {
       const int64_t n = std::min(chunk, N - c0), subs = (n + kSub - 1) / kSub;
       at::parallel_for(0, subs, 1, [&](int64_t sb, int64_t se) {
-        Scratch<T> sc(d, planes.scalar_type());
+        Scratch<T> sc(d, origins.scalar_type());
         for (int64_t u = sb; u < se; ++u) {
           T* wg = wacc.data() + u * wsize;
           std::fill(wg, wg + wsize, T(0));
           T *g_w1 = wg, *g_b1 = g_w1 + d.Hd * d.C, *g_w2 = g_b1 + d.Hd, *g_b2 = g_w2 + d.O * d.Hd;
-          at::Tensor tw1 = at::from_blob(g_w1, {d.Hd, d.C}, planes.options());
-          at::Tensor tw2 = at::from_blob(g_w2, {d.O, d.Hd}, planes.options());
+          at::Tensor tw1 = at::from_blob(g_w1, {d.Hd, d.C}, opts);
+          at::Tensor tw2 = at::from_blob(g_w2, {d.O, d.Hd}, opts);
           const int64_t i0 = c0 + u * kSub, nq = std::min(c0 + (u + 1) * kSub, c0 + n) - i0;
           for (int64_t q = 0; q < nq; ++q) sample_features<T>(P, (i0 + q) / d.R, (i0 + q) % d.R, sc, q);
           decode<T>(P, sc, nq * d.S);
@@ -504,7 +513,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
       off += sizes[q];
     }
   });
-  return {gp_cl.permute({0, 1, 4, 2, 3}), gw1, gb1, gw2, gb2};
+  return {planes_grad(), gw1, gb1, gw2, gb2};
 }
 
 }  // namespace

@@ -55,7 +55,8 @@ class AvatarConfig:
     chunk: int | None = None  # rays per renderer pass (None: all)
     fused_render: bool = True  # RenderSettings.fused: oneshot.ops.render_triplane (sample + decoder + composite
     # fused, recompute backward): the same values, ~20x less memory and faster at the paper's size on CPU; off in
-    # "tiny" (32^2 renders, where the composed ops measured faster); GPU renders stay composed (no CUDA kernel yet)
+    # "tiny" (32^2 renders, where the composed ops measured faster); GPU renders stay composed until the CUDA
+    # kernel is measured (RenderSettings.fused = "always" takes it)
     face_model: str | None = None  # fingerprint of the morphable model the avatar was built for
     extra: dict = field(default_factory=dict)
 

@@ -31,8 +31,10 @@ class RenderSettings:
     # evenly spaced depths and u (EG3D's det=True): a fully deterministic render, e.g. flicker-free video
     clip_to_box: bool = False  # no density outside the planes' box (EG3D: the decoder's output for zero features,
     # which shows as grey floaters at the sides of large-yaw views of briefly trained models)
-    fused: bool = False  # sample + decoder + composite in one op (oneshot.ops.render_triplane): the same values,
-    # and autograd keeps none of the per-sample tensors (the backward recomputes them); needs a TriplaneDecoder
+    fused: bool | str = False  # sample + decoder + composite in one op (oneshot.ops.render_triplane): the same
+    # values, and autograd keeps none of the per-sample tensors (the backward recomputes them); needs a
+    # TriplaneDecoder. True: on the devices where it measured faster (the CPU; the CUDA kernel is unmeasured), "always":
+    # wherever a kernel exists
 
     def __post_init__(self):
         if self.samples < 2 or self.importance_samples < 0:
@@ -42,6 +44,8 @@ class RenderSettings:
             raise ValueError(f"need 0 <= ray_start < ray_end, got {self.ray_start}, {self.ray_end}")
         if self.chunk is not None and self.chunk < 1:
             raise ValueError(f"chunk must be None or >= 1, got {self.chunk}")
+        if self.fused not in (False, True, "always"):
+            raise ValueError(f"fused must be False, True or 'always', got {self.fused!r}")
 
 
 class VolumeRenderOutput(NamedTuple):
@@ -167,13 +171,17 @@ class VolumeRenderer(nn.Module):
 
     def _fused_ok(self, planes, decoder) -> bool:
         """Whether this render takes the fused op: switched on, EG3D's decoder, float32 / float64 planes, and a
-        native render_triplane kernel for the device (there is none for CUDA yet: GPU renders stay composed)."""
+        native render_triplane kernel for the device; on CUDA only with fused="always" (the kernel is tested in the
+        CPU emulator but not measured on a GPU yet)."""
         from ..ops._common import kernel_registered
         from .decoder import TriplaneDecoder
 
         key = {"cpu": "CPU", "cuda": "CUDA"}.get(planes.device.type)
-        return (self.settings.fused and isinstance(decoder, TriplaneDecoder)
-                and planes.dtype in (torch.float32, torch.float64) and self.backend in (None, "auto", "native")
+        if key == "CUDA" and self.settings.fused != "always":  # not measured on a GPU yet
+            return False
+        return (bool(self.settings.fused) and isinstance(decoder, TriplaneDecoder)
+                and planes.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+                and self.backend in (None, "auto", "native")
                 and key is not None and kernel_registered("render_triplane", key))
 
     def _render_fused(self, planes, decoder, origins, dirs, depths, generator):

@@ -112,6 +112,37 @@ def ensure_registered() -> None:
         return kraster.rasterize_backward(grad_planes.contiguous(), index.contiguous(), num_points)
 
     raster.register_autograd("rasterize_points_triton", "rasterize_points_backward_triton")
+
+    # ---- render_triplane
+    from oneshot.kernels import render as krender
+
+    from . import render
+
+    @torch.library.triton_op("oneshot::render_triplane_triton", mutates_args=())
+    def render_triplane_triton(planes: Tensor, origins: Tensor, directions: Tensor, depths: Tensor, w1: Tensor,
+                               b1: Tensor, w2: Tensor, b2: Tensor, box_warp: float, axes: list[int],
+                               clip_to_box: bool, density_bias: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()  # no copy when already channels-last
+        return krender.render_forward(planes_cl, origins.contiguous(), directions.contiguous(), depths.contiguous(),
+                                      w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), box_warp,
+                                      axes, clip_to_box, density_bias)
+
+    @torch.library.triton_op("oneshot::render_triplane_backward_triton", mutates_args=())
+    def render_triplane_backward_triton(grad_features: Optional[Tensor], grad_depth: Optional[Tensor],
+                                        grad_opacity: Optional[Tensor], grad_weights: Optional[Tensor],
+                                        planes: Tensor, origins: Tensor, directions: Tensor, depths: Tensor,
+                                        w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, box_warp: float,
+                                        axes: list[int], clip_to_box: bool,
+                                        density_bias: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        c = lambda g: None if g is None else g.contiguous()  # noqa: E731
+        planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()
+        gp, gw1, gb1, gw2, gb2 = krender.render_backward(
+            c(grad_features), c(grad_depth), c(grad_opacity), c(grad_weights), planes_cl, origins.contiguous(),
+            directions.contiguous(), depths.contiguous(), w1.contiguous(), b1.contiguous(), w2.contiguous(),
+            b2.contiguous(), box_warp, axes, clip_to_box, density_bias)
+        return gp.to(planes.dtype).permute(0, 1, 4, 2, 3), gw1, gb1, gw2, gb2  # a [B, 3, C, H, W] view
+
+    render.register_autograd("render_triplane_triton", "render_triplane_backward_triton")
     for op, positions in (("triplane_sample_triton", (1,)), ("ray_march_triton", (1, 2)),
                           ("rasterize_points_triton", (0,))):
         register_geometry_autocast(op, positions)

@@ -52,6 +52,8 @@ def reference_render_triplane(planes, origins, directions, depths, w1, b1, w2, b
     ``reference.ray_march`` (pure PyTorch; autograd keeps every intermediate)."""
     B, R, S = depths.shape
     pts = (origins[:, :, None] + depths[..., None] * directions[:, :, None]).reshape(B, R * S, 3)
+    if planes.dtype != pts.dtype:  # 16-bit planes: sampled in float32
+        planes = planes.to(pts.dtype)
     feats = reference.triplane_sample(planes, pts, box_warp, axes_pairs(check_axes(axes)), "mean")
     y = F.linear(F.softplus(F.linear(feats, w1, b1)), w2, b2)
     sigma = y[..., 0]
@@ -98,7 +100,8 @@ def render_triplane(
         differentiable w.r.t. planes, w1, b1, w2 and b2. The backward recomputes every sample: nothing of
         size [R, S, *] is kept between forward and backward.
 
-    dtypes: float32 or float64, all tensors alike.
+    dtypes: float32 or float64, all tensors alike; or float16 / bfloat16 planes with float32 for the rest
+    (sampled and accumulated in float32; the planes' gradient in their dtype).
     """
     check_tensor("planes", planes, "[B, 3, C, H, W]", 5)
     if planes.shape[1] != 3:
@@ -128,20 +131,32 @@ def render_triplane(
     check_tensor("b2", b2, f"[{w2.shape[0]}]", 1)
     if b2.shape[0] != w2.shape[0]:
         raise ValueError(f"b2 must be [{w2.shape[0]}], got {shape_of(b2)}")
+    low = planes.dtype in (torch.float16, torch.bfloat16)
+    compute = torch.float32 if low else planes.dtype
     for name, t in (("origins", origins), ("directions", directions), ("depths", depths), ("w1", w1), ("b1", b1),
                     ("w2", w2), ("b2", b2)):
         if t.device != planes.device:
             raise ValueError(f"{name} must be on the device of planes ({planes.device}), got {t.device}")
-        if t.dtype != planes.dtype:
-            raise TypeError(f"{name} must have the dtype of planes ({planes.dtype}), got {t.dtype}")
+        if t.dtype != compute:
+            also = f" (float32 with {planes.dtype} planes)" if low else ""
+            raise TypeError(f"{name} must have the dtype of planes ({planes.dtype}){also}, got {t.dtype}")
     box_warp = check_box_warp(box_warp)
     flat_axes = check_axes(axes)
-    impl = resolve_backend(backend, "render_triplane", planes.device, planes.dtype)
+    # The kernels compute in float32 / float64 (16-bit planes are read in float32): pick the backend by that.
+    impl = resolve_backend(backend, "render_triplane", planes.device, compute)
     if impl == "triton":
-        raise RuntimeError("render_triplane has no Triton kernel yet: use backend='native' or 'reference'")
+        if compute != torch.float32:
+            raise TypeError(f"backend='triton' supports float32 (and 16-bit planes) for render_triplane, got "
+                            f"{planes.dtype}")
+        from . import _triton
+
+        _triton.ensure_registered()
+        return RenderTriplaneResult(*torch.ops.oneshot.render_triplane_triton(
+            planes, origins, directions, depths, w1, b1, w2, b2, box_warp, flat_axes, bool(clip_to_box),
+            float(density_bias)))
     if impl == "reference":
-        return reference_render_triplane(planes, origins, directions, depths, w1, b1, w2, b2, box_warp, flat_axes,
-                                         bool(clip_to_box), float(density_bias))
+        return reference_render_triplane(planes, origins, directions, depths, w1, b1, w2, b2, box_warp,
+                                         axes_pairs(flat_axes), bool(clip_to_box), float(density_bias))
     return RenderTriplaneResult(*torch.ops.oneshot.render_triplane(
         planes, origins, directions, depths, w1, b1, w2, b2, box_warp, flat_axes, bool(clip_to_box),
         float(density_bias)))
@@ -161,20 +176,25 @@ def _register() -> None:
         return (planes.new_empty(planes.shape), w1.new_empty(w1.shape), b1.new_empty(b1.shape),
                 w2.new_empty(w2.shape), b2.new_empty(b2.shape))
 
+    register_autograd("render_triplane", "render_triplane_backward")
+
+
+def register_autograd(op: str, backward_op: str) -> None:
+    """Autograd of ``oneshot::<op>`` through ``oneshot::<backward_op>`` (the native and the Triton pair)."""
+
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:8])
         ctx.args = inputs[8:]
         ctx.set_materialize_grads(False)
 
     def backward(ctx, gf, gd, go, gw):
-        none = (None,) * 12
         if gf is None and gd is None and go is None and gw is None:
-            return none
-        gp, gw1, gb1, gw2, gb2 = torch.ops.oneshot.render_triplane_backward(gf, gd, go, gw, *ctx.saved_tensors,
-                                                                            *ctx.args)
+            return (None,) * 12
+        gp, gw1, gb1, gw2, gb2 = getattr(torch.ops.oneshot, backward_op)(gf, gd, go, gw, *ctx.saved_tensors,
+                                                                         *ctx.args)
         return gp, None, None, None, gw1, gb1, gw2, gb2, None, None, None, None
 
-    torch.library.register_autograd("oneshot::render_triplane", backward, setup_context=setup_context)
+    torch.library.register_autograd(f"oneshot::{op}", backward, setup_context=setup_context)
 
 
 if _extension.status().loaded and hasattr(torch.ops.oneshot, "render_triplane"):
