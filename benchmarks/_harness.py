@@ -204,22 +204,22 @@ def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("ref
     return csv_path, md_path
 
 
-def _memory_ratio(results, r, baseline) -> str:
+def _ratio(results, r, baseline, field: str, suffix: str) -> str:
+    """baseline's `field` / r's `field` for the same (op, case, mode), measured in this run ("" for the baseline)."""
     if r.provider == baseline:
         return ""
     for b in results:
-        if (b.op, b.case, b.mode, b.provider) == (r.op, r.case, r.mode, baseline) and r.peak_mb > 0:
-            return f"{b.peak_mb / r.peak_mb:.1f}x less"
+        if (b.op, b.case, b.mode, b.provider) == (r.op, r.case, r.mode, baseline) and getattr(r, field) > 0:
+            return f"{getattr(b, field) / getattr(r, field):.1f}x{suffix}"
     return ""
+
+
+def _memory_ratio(results, r, baseline) -> str:
+    return _ratio(results, r, baseline, "peak_mb", " less")
 
 
 def _speedup(results, r, baseline) -> str:
-    if r.provider == baseline:
-        return ""
-    for b in results:
-        if (b.op, b.case, b.mode, b.provider) == (r.op, r.case, r.mode, baseline) and r.median_ms > 0:
-            return f"{b.median_ms / r.median_ms:.1f}x"
-    return ""
+    return _ratio(results, r, baseline, "median_ms", "")
 
 
 def device_arg(name: str | None) -> torch.device:

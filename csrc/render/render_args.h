@@ -3,8 +3,11 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <optional>
+#include <tuple>
+#include <vector>
 
 #include "common/checks.h"
 
@@ -61,6 +64,41 @@ inline Dims check_inputs(const at::Tensor& planes, const at::Tensor& origins, co
     check_same_device(planes, *all[i], "planes", names[i]);
   }
   return d;
+}
+
+// An optional incoming gradient: checked for shape, the compute dtype (that of `origins`) and device, contiguous.
+inline std::optional<at::Tensor> grad_arg(const std::optional<at::Tensor>& g, std::vector<int64_t> shape,
+                                          const at::Tensor& origins, const char* name) {
+  std::optional<at::Tensor> out;
+  if (!g.has_value() || !g->defined()) return out;
+  TORCH_CHECK_VALUE(g->sizes() == at::IntArrayRef(shape), name, " must be ", at::IntArrayRef(shape), ", got ",
+                    shape_str(*g));
+  check_same_dtype(origins, *g, "origins", name);
+  check_same_device(origins, *g, "origins", name);
+  out = g->contiguous();
+  return out;
+}
+
+// The forward's outputs, allocated: features [B, R, Co], depth [B, R], opacity [B, R], weights [B, R, S - 1] in the
+// compute dtype (that of `origins`).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_outputs(const Dims& d,
+                                                                                const at::Tensor& origins) {
+  auto opts = origins.options();
+  return {at::empty({d.B, d.R, d.O - 1}, opts), at::empty({d.B, d.R}, opts), at::empty({d.B, d.R}, opts),
+          at::empty({d.B, d.R, d.S - 1}, opts)};
+}
+
+// The four optional incoming gradients of render_triplane_backward, checked.
+struct Grads {
+  std::optional<at::Tensor> features, depth, opacity, weights;
+};
+
+inline Grads grad_args(const std::optional<at::Tensor>& gf, const std::optional<at::Tensor>& gd,
+                       const std::optional<at::Tensor>& go, const std::optional<at::Tensor>& gw, const Dims& d,
+                       const at::Tensor& origins) {
+  return {grad_arg(gf, {d.B, d.R, d.O - 1}, origins, "grad_features"), grad_arg(gd, {d.B, d.R}, origins, "grad_depth"),
+          grad_arg(go, {d.B, d.R}, origins, "grad_opacity"),
+          grad_arg(gw, {d.B, d.R, d.S - 1}, origins, "grad_weights")};
 }
 
 }  // namespace render

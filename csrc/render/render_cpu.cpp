@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -284,12 +285,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_triplane_cpu(
     at::IntArrayRef axes, bool clip_to_box, double density_bias) {
   const Dims d = render::check_inputs(planes, origins, directions, depths, w1, b1, w2, b2, axes);
   check_cpu(planes);
-  auto opts = origins.options();  // the compute dtype (float32 with 16-bit planes)
   const int64_t Co = d.O - 1;
-  at::Tensor feat = at::empty({d.B, d.R, Co}, opts);
-  at::Tensor depth = at::empty({d.B, d.R}, opts);
-  at::Tensor opacity = at::empty({d.B, d.R}, opts);
-  at::Tensor weights = at::empty({d.B, d.R, d.S - 1}, opts);
+  at::Tensor feat, depth, opacity, weights;  // float32 with 16-bit planes
+  std::tie(feat, depth, opacity, weights) = render::empty_outputs(d, origins);
   if (d.B * d.R == 0) return {feat, depth, opacity, weights};
   const Inputs in = prepare(planes, origins, directions, depths, w1, b1, w2, b2);
   AT_DISPATCH_FLOATING_TYPES(origins.scalar_type(), "render_triplane_cpu", [&] {
@@ -426,19 +424,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
   const Dims d = render::check_inputs(planes, origins, directions, depths, w1, b1, w2, b2, axes);
   check_cpu(planes);
   const int64_t Co = d.O - 1, N = d.B * d.R;
-  auto grad = [&](const std::optional<at::Tensor>& g, std::vector<int64_t> shape, const char* name) {
-    std::optional<at::Tensor> out;
-    if (!g.has_value() || !g->defined()) return out;
-    TORCH_CHECK_VALUE(g->sizes() == at::IntArrayRef(shape), name, " must be ", at::IntArrayRef(shape), ", got ",
-                      shape_str(*g));
-    check_same_dtype(origins, *g, "origins", name);
-    out = g->contiguous();
-    return out;
-  };
-  const auto gf = grad(grad_features, {d.B, d.R, Co}, "grad_features");
-  const auto gd = grad(grad_depth, {d.B, d.R}, "grad_depth");
-  const auto go = grad(grad_opacity, {d.B, d.R}, "grad_opacity");
-  const auto gw = grad(grad_weights, {d.B, d.R, d.S - 1}, "grad_weights");
+  const render::Grads grads = render::grad_args(grad_features, grad_depth, grad_opacity, grad_weights, d, origins);
+  const auto &gf = grads.features, &gd = grads.depth, &go = grads.opacity, &gw = grads.weights;
   auto opts = origins.options();
   at::Tensor gp_cl = at::zeros({d.B, 3, d.H, d.W, d.C}, opts);
   // the planes' gradient in their dtype: a view of the channels-last buffer (converted for 16-bit planes)

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "common/checks.h"
@@ -321,11 +322,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_triplane_cuda(
   const Dims d = render::check_inputs(planes, origins, directions, depths, w1, b1, w2, b2, axes);
   check_cuda(planes, d, 1);
   const c10::cuda::CUDAGuard guard(planes.device());
-  auto opts = origins.options();
-  at::Tensor feat = at::empty({d.B, d.R, d.O - 1}, opts);
-  at::Tensor depth = at::empty({d.B, d.R}, opts);
-  at::Tensor opacity = at::empty({d.B, d.R}, opts);
-  at::Tensor weights = at::empty({d.B, d.R, d.S - 1}, opts);
+  at::Tensor feat, depth, opacity, weights;
+  std::tie(feat, depth, opacity, weights) = render::empty_outputs(d, origins);
   if (d.B * d.R == 0) return {feat, depth, opacity, weights};
   const Prepared in = prepare(planes, origins, directions, depths, w1, b1, w2, b2);
   AT_DISPATCH_FLOATING_TYPES(origins.scalar_type(), "render_triplane_cuda", [&] {
@@ -350,21 +348,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
   const Dims d = render::check_inputs(planes, origins, directions, depths, w1, b1, w2, b2, axes);
   check_cuda(planes, d, 2);
   const c10::cuda::CUDAGuard guard(planes.device());
-  const int64_t Co = d.O - 1, N = d.B * d.R;
-  auto grad = [&](const std::optional<at::Tensor>& g, std::vector<int64_t> shape, const char* name) {
-    std::optional<at::Tensor> out;
-    if (!g.has_value() || !g->defined()) return out;
-    TORCH_CHECK_VALUE(g->sizes() == at::IntArrayRef(shape), name, " must be ", at::IntArrayRef(shape), ", got ",
-                      shape_str(*g));
-    check_same_dtype(origins, *g, "origins", name);
-    check_same_device(planes, *g, "planes", name);
-    out = g->contiguous();
-    return out;
-  };
-  const auto gf = grad(grad_features, {d.B, d.R, Co}, "grad_features");
-  const auto gd = grad(grad_depth, {d.B, d.R}, "grad_depth");
-  const auto go = grad(grad_opacity, {d.B, d.R}, "grad_opacity");
-  const auto gw = grad(grad_weights, {d.B, d.R, d.S - 1}, "grad_weights");
+  const int64_t N = d.B * d.R;
+  const render::Grads grads = render::grad_args(grad_features, grad_depth, grad_opacity, grad_weights, d, origins);
+  const auto &gf = grads.features, &gd = grads.depth, &go = grads.opacity, &gw = grads.weights;
   auto opts = origins.options();
   at::Tensor gplanes = at::zeros(planes.sizes(), opts);
   const int64_t wsize = d.Hd * d.C + d.Hd + d.O * d.Hd + d.O;

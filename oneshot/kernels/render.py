@@ -17,15 +17,10 @@ import triton
 import triton.language as tl
 
 from ._common import launch, next_pow2
+from .raymarch import _log1p
+from .triplane import _taps
 
 __all__ = ["render_forward", "render_backward"]
-
-
-@triton.jit
-def _log1p(x):
-    u = 1.0 + x
-    d = u - 1.0
-    return tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
 
 
 @triton.jit
@@ -41,19 +36,6 @@ def _sigmoid(m):
 
 
 @triton.jit
-def _plane_taps(p0, p1, scale, W, H):
-    """Tap origin and fractions of one plane's bilinear lookup (grid_sample, align_corners=False)."""
-    ix = ((p0 * scale + 1.0) * W - 1.0) / 2.0
-    iy = ((p1 * scale + 1.0) * H - 1.0) / 2.0
-    ok = (ix >= -1.0) & (ix < W) & (iy >= -1.0) & (iy < H)
-    ix = tl.where(ok, ix, 0.0)
-    iy = tl.where(ok, iy, 0.0)
-    fx = tl.floor(ix)
-    fy = tl.floor(iy)
-    return fx.to(tl.int32), fy.to(tl.int32), ix - fx, iy - fy, ok
-
-
-@triton.jit
 def _coord(px, py, pz, A: tl.constexpr):
     if A == 0:
         return px
@@ -61,6 +43,32 @@ def _coord(px, py, pz, A: tl.constexpr):
         return py
     else:
         return pz
+
+
+@triton.jit
+def _plane_taps(px, py, pz, pl: tl.constexpr, scale, W, H, A00: tl.constexpr, A01: tl.constexpr,
+                A10: tl.constexpr, A11: tl.constexpr, A20: tl.constexpr, A21: tl.constexpr):
+    """The bilinear taps of plane `pl` at the points (its coordinate pair from the axes)."""
+    if pl == 0:
+        u = _coord(px, py, pz, A00)
+        v = _coord(px, py, pz, A01)
+    elif pl == 1:
+        u = _coord(px, py, pz, A10)
+        v = _coord(px, py, pz, A11)
+    else:
+        u = _coord(px, py, pz, A20)
+        v = _coord(px, py, pz, A21)
+    return _taps(u * scale, v * scale, W, H)
+
+
+@triton.jit
+def _tap(x0, y0, tx, ty, ok, q: tl.constexpr, W, H, rmask):
+    """Tap q (0: top-left, 1: top-right, 2: bottom-left, 3: bottom-right): x, y, weight, inside."""
+    x = x0 + (q % 2)
+    y = y0 + (q // 2)
+    wx = tx if q % 2 == 1 else 1.0 - tx
+    wy = ty if q // 2 == 1 else 1.0 - ty
+    return x, y, wx * wy, ok & (x >= 0) & (x < W) & (y >= 0) & (y < H) & rmask
 
 
 @triton.jit
@@ -82,25 +90,12 @@ def _features(pl_ptr, b64, px, py, pz, rmask, c, C, H, W, scale, A00: tl.constex
     f = tl.zeros((BLOCK_R, BC), dtype=tl.float32)
     cmask = c < C
     for pl in tl.static_range(3):
-        if pl == 0:
-            u = _coord(px, py, pz, A00)
-            v = _coord(px, py, pz, A01)
-        elif pl == 1:
-            u = _coord(px, py, pz, A10)
-            v = _coord(px, py, pz, A11)
-        else:
-            u = _coord(px, py, pz, A20)
-            v = _coord(px, py, pz, A21)
-        x0, y0, tx, ty, ok = _plane_taps(u, v, scale, W, H)
+        x0, y0, tx, ty, ok = _plane_taps(px, py, pz, pl, scale, W, H, A00, A01, A10, A11, A20, A21)
         for q in tl.static_range(4):
-            x = x0 + (q % 2)
-            y = y0 + (q // 2)
-            wx = tx if q % 2 == 1 else 1.0 - tx
-            wy = ty if q // 2 == 1 else 1.0 - ty
-            inside = ok & (x >= 0) & (x < W) & (y >= 0) & (y < H) & rmask
+            x, y, wq, inside = _tap(x0, y0, tx, ty, ok, q, W, H, rmask)
             row = ((b64 * 3 + pl) * H + y.to(tl.int64)) * W + x.to(tl.int64)
             vals = tl.load(pl_ptr + row[:, None] * C + c[None, :], mask=inside[:, None] & cmask[None, :], other=0.0)
-            f += (wx * wy)[:, None] * vals
+            f += wq[:, None] * vals.to(tl.float32)
     return f / 3.0
 
 
@@ -110,6 +105,25 @@ def _decode(f, w1t, b1, w2t, b2):
     a = _softplus(h)
     y = tl.dot(a, w2t, input_precision="ieee") + b2[None, :]
     return h, a, y
+
+
+@triton.jit
+def _sample(pl_ptr, o_ptr, d_ptr, t_ptr, rays64, b64, rmask, S, k, c, o, C, H, W, O, scale, half_box, w1t, b1, w2t,
+            b2, CLIP: tl.constexpr, A00: tl.constexpr, A01: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
+            A20: tl.constexpr, A21: tl.constexpr, BLOCK_R: tl.constexpr, BC: tl.constexpr):
+    """Sample k of the block's rays: the point, its features f, the decoder's h, a, y, the raw density (-1e4
+    outside the box with CLIP) and the colour tile (zero outside the colour columns 1 .. O - 1)."""
+    px, py, pz, t = _point(o_ptr, d_ptr, t_ptr, rays64, rmask, S, k)
+    f = _features(pl_ptr, b64, px, py, pz, rmask, c, C, H, W, scale, A00, A01, A10, A11, A20, A21, BLOCK_R, BC)
+    h, a, y = _decode(f, w1t, b1, w2t, b2)
+    sig = tl.sum(tl.where((o == 0)[None, :], y, 0.0), axis=1)
+    inside = (tl.abs(px) <= half_box) & (tl.abs(py) <= half_box) & (tl.abs(pz) <= half_box)
+    if CLIP:
+        sig = tl.where(inside, sig, -1e4)
+    else:
+        inside = rmask | True
+    col = tl.where(((o >= 1) & (o < O))[None, :], _sigmoid(y) * 1.002 - 0.001, 0.0)
+    return px, py, pz, t, f, h, a, y, sig, col, inside
 
 
 @triton.jit
@@ -149,14 +163,9 @@ def _forward_kernel(pl_ptr, o_ptr, d_ptr, t_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
     op = tl.zeros((BLOCK_R,), dtype=tl.float32)
     num = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for k in range(0, S):
-        px, py, pz, t = _point(o_ptr, d_ptr, t_ptr, rays64, rmask, S, k)
-        f = _features(pl_ptr, b64, px, py, pz, rmask, c, C, H, W, scale, A00, A01, A10, A11, A20, A21, BLOCK_R, BC)
-        h, a, y = _decode(f, w1t, b1, w2t, b2)
-        sig = tl.sum(tl.where((o == 0)[None, :], y, 0.0), axis=1)
-        if CLIP:
-            inside = (tl.abs(px) <= half_box) & (tl.abs(py) <= half_box) & (tl.abs(pz) <= half_box)
-            sig = tl.where(inside, sig, -1e4)
-        col = tl.where(is_col[None, :], _sigmoid(y) * 1.002 - 0.001, 0.0)
+        px, py, pz, t, f, h, a, y, sig, col, inside = _sample(
+            pl_ptr, o_ptr, d_ptr, t_ptr, rays64, b64, rmask, S, k, c, o, C, H, W, O, scale, half_box, w1t, b1, w2t,
+            b2, CLIP, A00, A01, A10, A11, A20, A21, BLOCK_R, BC)
         has = (rays * 0 + k) > 0
         m = (prev_sig + sig) / 2.0 + bias
         alpha = 1.0 - tl.exp(-(_softplus(m) * (t - prev_t)))
@@ -207,14 +216,9 @@ def _backward_kernel(pl_ptr, o_ptr, d_ptr, t_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr
                       other=0.0)
     # Pass 1: raw densities and <grad_features, colour> per sample.
     for k in range(0, S):
-        px, py, pz, t = _point(o_ptr, d_ptr, t_ptr, rays64, rmask, S, k)
-        f = _features(pl_ptr, b64, px, py, pz, rmask, c, C, H, W, scale, A00, A01, A10, A11, A20, A21, BLOCK_R, BC)
-        h, a, y = _decode(f, w1t, b1, w2t, b2)
-        sig = tl.sum(tl.where((o == 0)[None, :], y, 0.0), axis=1)
-        if CLIP:
-            inside = (tl.abs(px) <= half_box) & (tl.abs(py) <= half_box) & (tl.abs(pz) <= half_box)
-            sig = tl.where(inside, sig, -1e4)
-        col = tl.where(is_col[None, :], _sigmoid(y) * 1.002 - 0.001, 0.0)
+        px, py, pz, t, f, h, a, y, sig, col, inside = _sample(
+            pl_ptr, o_ptr, d_ptr, t_ptr, rays64, b64, rmask, S, k, c, o, C, H, W, O, scale, half_box, w1t, b1, w2t,
+            b2, CLIP, A00, A01, A10, A11, A20, A21, BLOCK_R, BC)
         tl.store(sig_p + k, sig, mask=rmask)
         tl.store(dot_p + k, tl.sum(gfr * col, axis=1), mask=rmask)
     # The transmittance scan.
@@ -271,9 +275,9 @@ def _backward_kernel(pl_ptr, o_ptr, d_ptr, t_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr
     g_w2 = tl.zeros((BO, BH), dtype=tl.float32)
     g_b2 = tl.zeros((BO,), dtype=tl.float32)
     for k in range(0, S):
-        px, py, pz, t = _point(o_ptr, d_ptr, t_ptr, rays64, rmask, S, k)
-        f = _features(pl_ptr, b64, px, py, pz, rmask, c, C, H, W, scale, A00, A01, A10, A11, A20, A21, BLOCK_R, BC)
-        h, a, y = _decode(f, w1t, b1, w2t, b2)
+        px, py, pz, t, f, h, a, y, sig, col, inside = _sample(
+            pl_ptr, o_ptr, d_ptr, t_ptr, rays64, b64, rmask, S, k, c, o, C, H, W, O, scale, half_box, w1t, b1, w2t,
+            b2, CLIP, A00, A01, A10, A11, A20, A21, BLOCK_R, BC)
         # omega_k = (w_{k-1} + w_k) / 2 and d loss / d raw density_k = (dm_{k-1} + dm_k) / 2
         omega = tl.zeros((BLOCK_R,), dtype=tl.float32)
         gs = tl.zeros((BLOCK_R,), dtype=tl.float32)
@@ -287,9 +291,7 @@ def _backward_kernel(pl_ptr, o_ptr, d_ptr, t_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr
             alpha = 1.0 - tl.exp(-(_softplus((s0 + s1) / 2.0 + bias) * (t1 - t0)))
             omega += tl.where(valid, alpha * tl.load(tr_p + q, mask=valid, other=0.0), 0.0) / 2.0
             gs += tl.load(dm_p + q, mask=valid, other=0.0) / 2.0
-        if CLIP:
-            inside = (tl.abs(px) <= half_box) & (tl.abs(py) <= half_box) & (tl.abs(pz) <= half_box)
-            gs = tl.where(inside, gs, 0.0)
+        gs = tl.where(inside, gs, 0.0)
         sg = _sigmoid(y)
         gy = tl.where(is_col[None, :], gfr * omega[:, None] * 1.002 * sg * (1.0 - sg), 0.0)
         gy = tl.where((o == 0)[None, :], gs[:, None], gy)
@@ -302,24 +304,11 @@ def _backward_kernel(pl_ptr, o_ptr, d_ptr, t_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr
         g_w1 += tl.dot(tl.trans(gh), f, input_precision="ieee")
         gfeat = tl.dot(gh, w1, input_precision="ieee") / 3.0
         for pl in tl.static_range(3):
-            if pl == 0:
-                u = _coord(px, py, pz, A00)
-                v = _coord(px, py, pz, A01)
-            elif pl == 1:
-                u = _coord(px, py, pz, A10)
-                v = _coord(px, py, pz, A11)
-            else:
-                u = _coord(px, py, pz, A20)
-                v = _coord(px, py, pz, A21)
-            x0, y0, tx, ty, ok = _plane_taps(u, v, scale, W, H)
+            x0, y0, tx, ty, ok = _plane_taps(px, py, pz, pl, scale, W, H, A00, A01, A10, A11, A20, A21)
             for qq in tl.static_range(4):
-                x = x0 + (qq % 2)
-                yy = y0 + (qq // 2)
-                wx = tx if qq % 2 == 1 else 1.0 - tx
-                wy = ty if qq // 2 == 1 else 1.0 - ty
-                ins = ok & (x >= 0) & (x < W) & (yy >= 0) & (yy < H) & rmask
+                x, yy, wq, ins = _tap(x0, y0, tx, ty, ok, qq, W, H, rmask)
                 row = ((b64 * 3 + pl) * H + yy.to(tl.int64)) * W + x.to(tl.int64)
-                tl.atomic_add(gpl_ptr + row[:, None] * C + c[None, :], (wx * wy)[:, None] * gfeat,
+                tl.atomic_add(gpl_ptr + row[:, None] * C + c[None, :], wq[:, None] * gfeat,
                               mask=ins[:, None] & (c < C)[None, :])
     tl.atomic_add(gw1_ptr + j[:, None] * C + c[None, :], g_w1, mask=(j < Hd)[:, None] & (c < C)[None, :])
     tl.atomic_add(gb1_ptr + j, g_b1, mask=j < Hd)
