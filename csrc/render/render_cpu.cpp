@@ -27,6 +27,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
@@ -47,7 +48,6 @@ struct Problem {
   const T* planes;  // [B, 3, C, H, W] with element strides sb, sp, sc, sh, sw (channels-last when sc == 1)
   int64_t sb, sp, sc, sh, sw;
   const T *origins, *dirs, *depths;
-  const T *b1, *b2;
   at::Tensor w1, b1t, w2, b2t;  // w1 [Hd, C], b1 [Hd], w2 [O, Hd], b2 [O] (contiguous), for the GEMMs
   T scale, half_box, bias;
   int64_t ax[3][2];
@@ -167,10 +167,12 @@ inline void sample_features(const Problem<T>& P, int64_t b, int64_t r, Scratch<T
   }
 }
 
-// ray_march's forward on the ray's colours and densities (see raymarch_cpu.cpp, written out for one ray).
+// ray_march's forward for the ray in slot q (see raymarch_cpu.cpp, written out for one ray): alpha, e, slope (the
+// backward's), tbar, delta, the transmittance, weights and omega in the scratch; with f_out, the features, depth
+// and weights written. Returns (opacity, depth numerator).
 template <typename T>
-inline void composite(const Problem<T>& P, const T* t, Scratch<T>& sc, int64_t q, T* f_out, T* depth_out, T* op_out,
-                      T* w_out, bool slope) {
+inline std::pair<T, T> composite(const Problem<T>& P, const T* t, Scratch<T>& sc, int64_t q, T* f_out, T* depth_out,
+                                 T* op_out, T* w_out, bool slope) {
   const int64_t S = P.d.S, K = S - 1, Co = P.d.O - 1;
   const T* sig = sc.sig.data() + q * S;
   T* omega = sc.omega.data() + q * S;
@@ -206,10 +208,8 @@ inline void composite(const Problem<T>& P, const T* t, Scratch<T>& sc, int64_t q
     *op_out = op;
     *depth_out = raymarch::composite_depth(nu, op, t[0], t[K]);
     for (int64_t k = 0; k < K; ++k) w_out[k] = sc.w[k];
-  } else {
-    sc.G[0] = op;  // the backward reads opacity and the depth numerator from here
-    sc.G[1] = nu;
   }
+  return {op, nu};
 }
 
 template <typename T>
@@ -232,8 +232,6 @@ Problem<T> problem(const Dims& d, const at::Tensor& planes_cl, const at::Tensor&
   P.b1t = b1;
   P.w2 = w2;
   P.b2t = b2;
-  P.b1 = b1.const_data_ptr<T>();
-  P.b2 = b2.const_data_ptr<T>();
   P.scale = static_cast<T>(2.0 / box_warp);
   P.half_box = static_cast<T>(box_warp / 2);
   P.bias = static_cast<T>(density_bias);
@@ -320,8 +318,7 @@ ONESHOT_CPU_MULTIVERSION void backward_ray(const Problem<T>& P, int64_t i, int64
   const Dims& d = P.d;
   const int64_t S = d.S, K = S - 1, O = d.O, Co = O - 1;
   const T* t = P.depths + i * S;
-  composite<T>(P, t, sc, q, nullptr, nullptr, nullptr, nullptr, true);
-  const T op = sc.G[0], num = sc.G[1];
+  const auto [op, num] = composite<T>(P, t, sc, q, nullptr, nullptr, nullptr, nullptr, true);
   const T* col = sc.col.data() + q * S * Co;
   const T* omega = sc.omega.data() + q * S;
   // ray_march's backward (raymarch_cpu.cpp): dL/dw_k, the reverse sweep, then d/d densities and d/d colours.
@@ -445,17 +442,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
       return g.has_value() ? g->const_data_ptr<T>() : nullptr;
     };
     const T *pgf = ptr(gf), *pgd = ptr(gd), *pgo = ptr(go), *pgw = ptr(gw);
-    // Chunks of rays; each chunk in fixed sub-blocks of kSub rays with their own decoder-gradient accumulators.
-    constexpr int64_t kSub = kBlock;
+    // Chunks of rays; each chunk in fixed blocks of kBlock rays with their own decoder-gradient accumulators.
     const int64_t chunk = std::min<int64_t>(N, 512);
-    const int64_t max_subs = (chunk + kSub - 1) / kSub;
+    const int64_t max_subs = (chunk + kBlock - 1) / kBlock;
     const int64_t wsize = d.Hd * d.C + d.Hd + d.O * d.Hd + d.O;
     std::vector<T> gFbuf(chunk * d.S * d.C);
     std::vector<T> wacc(max_subs * wsize);
     std::vector<T> wtotal(wsize, T(0));
     T* gp = gp_cl.mutable_data_ptr<T>();
     for (int64_t c0 = 0; c0 < N; c0 += chunk) {
-      const int64_t n = std::min(chunk, N - c0), subs = (n + kSub - 1) / kSub;
+      const int64_t n = std::min(chunk, N - c0), subs = (n + kBlock - 1) / kBlock;
       at::parallel_for(0, subs, 1, [&](int64_t sb, int64_t se) {
         Scratch<T> sc(d, origins.scalar_type());
         for (int64_t u = sb; u < se; ++u) {
@@ -464,7 +460,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
           T *g_w1 = wg, *g_b1 = g_w1 + d.Hd * d.C, *g_w2 = g_b1 + d.Hd, *g_b2 = g_w2 + d.O * d.Hd;
           at::Tensor tw1 = at::from_blob(g_w1, {d.Hd, d.C}, opts);
           at::Tensor tw2 = at::from_blob(g_w2, {d.O, d.Hd}, opts);
-          const int64_t i0 = c0 + u * kSub, nq = std::min(c0 + (u + 1) * kSub, c0 + n) - i0;
+          const int64_t i0 = c0 + u * kBlock, nq = std::min(c0 + (u + 1) * kBlock, c0 + n) - i0;
           for (int64_t q = 0; q < nq; ++q) sample_features<T>(P, (i0 + q) / d.R, (i0 + q) % d.R, sc, q);
           decode<T>(P, sc, nq * d.S);
           for (int64_t q = 0; q < nq; ++q) {

@@ -75,7 +75,7 @@ def load_scorer(a, face_model, device, log=print):
             if a.recon is not None:
                 recon = load_recon_checkpoint(a.recon).to("cpu")
     scorer = Scorer(lpips=lpips, inception=inception, arcface=arcface, faces=faces, face_model=face_model,
-                    recon=recon, device=device, ssim=a.ssim)
+                    recon=recon, ssim=a.ssim)
     scorer.skipped = skipped
     for m, why in skipped.items():
         log(f"{m.upper()} skipped: {why}")

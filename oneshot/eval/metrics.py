@@ -21,8 +21,6 @@ Images are float [B, 3, H, W] in [0, 1] (``data_range`` 1) unless stated; the ev
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -173,9 +171,3 @@ def keypoint_distance(a: Tensor, b: Tensor) -> Tensor:
                          f"{list(b.shape)}")
     return (a.double() - b.double()).norm(dim=-1).mean(1)
 
-
-def _finite_mean(x: Tensor) -> float:
-    """Mean of the finite entries (NaN when there are none)."""
-    x = x.double().flatten()
-    x = x[torch.isfinite(x)]
-    return float(x.mean()) if x.numel() else math.nan

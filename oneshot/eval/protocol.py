@@ -194,22 +194,15 @@ class Scorer:
     """
 
     def __init__(self, *, lpips=None, inception=None, arcface=None, faces=None, face_model=None, recon=None,
-                 device="cpu", ssim: str = "wang"):
+                 ssim: str = "wang"):
         if ssim not in SSIM_SETTINGS:
             raise ValueError(f"ssim must be one of {tuple(SSIM_SETTINGS)}, got {ssim!r}")
         self.ssim_kwargs = SSIM_SETTINGS[ssim]
         self.lpips, self.inception, self.arcface = lpips, inception, arcface
-        self.faces, self.face_model, self.recon, self.device = faces, face_model, recon, torch.device(device)
+        self.faces, self.face_model, self.recon = faces, face_model, recon
         self.skipped: dict[str, str] = {}
         self.fake_features: list[Tensor] = []
         self.real_features: list[Tensor] = []
-
-    def available(self, name: str) -> bool:
-        return {"l1": True, "psnr": True, "ssim": True, "lpips": self.lpips is not None,
-                "fid": self.inception is not None, "csim": self.arcface is not None,
-                "aed": self.faces is not None and self.face_model is not None,
-                "apd": self.faces is not None and self.face_model is not None,
-                "akd": self.faces is not None}[name]
 
     def _landmarks(self, images: Tensor) -> Tensor:
         """[B, 68, 2] iBUG landmarks in the images' pixels (NaN where no face is found); small images are enlarged
