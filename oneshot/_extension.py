@@ -29,8 +29,9 @@ __all__ = ["ExtensionUnavailableWarning", "ExtensionStatus", "status", "csrc_dir
 
 _PKG_DIR = Path(__file__).resolve().parent
 REBUILD_HINT = (
-    "rebuild it against the installed torch: `pip install --no-build-isolation --no-deps --force-reinstall .` "
-    "(or `pip install --no-build-isolation -e .` in a checkout), or set ONESHOT_JIT=1 to compile it at import"
+    "rebuild it against the installed torch: `pip install --no-build-isolation --no-deps --force-reinstall "
+    "--no-cache-dir oneshot-avatar` (or `pip install --no-build-isolation -e .` in a checkout), or set "
+    "ONESHOT_JIT=1 to compile it at import (from a checkout)"
 )
 
 

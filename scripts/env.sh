@@ -2,7 +2,7 @@
 # built from this checkout (editable, so the compiled extension sits next to the sources).
 #   ONESHOT_DEPS    lock (default): every install is held to constraints.txt, the dependency set the suite last
 #                   passed with, so a fresh machine gets a known-good set; latest: the newest versions pyproject
-#                   allows (what a bare `pip install oneshot` gets; CI runs the suite this way too)
+#                   allows (what a bare `pip install oneshot-avatar` gets; CI runs the suite this way too)
 #   VENV            the environment's folder (default .venv)
 #   PYTHON          interpreter for the venv (default python3)
 #   TORCH_SPEC      torch requirement (default torch==2.13.0, the CPU build; e.g. torch==2.14.1 for CUDA). The
@@ -37,6 +37,9 @@ esac
 python -m pip install -q -U pip
 python -m pip install -q -U "${PIN[@]}" setuptools wheel ninja
 python -m pip install -q "${PIN[@]}" "$TORCH_SPEC"
+# The distribution was called `oneshot` before issue 23 (a name PyPI gives an unrelated project): drop such an
+# install of this checkout so the renamed one is the only owner of the `oneshot` package.
+if python -m pip show -q oneshot >/dev/null 2>&1; then python -m pip uninstall -q -y oneshot; fi
 EXTRAS="${ONESHOT_EXTRAS:-test}"
 PIP_EXTRAS=$(echo "$EXTRAS" | tr ',' '\n' | grep -vx faces | paste -sd, - || true)
 # --no-build-isolation: compile against the torch installed above, never a freshly downloaded one.

