@@ -21,7 +21,7 @@ import torch
 
 import _harness as H
 
-from oneshot.cli_infer import landmark_jitter, smooth_landmarks, track_landmarks
+from oneshot.face3d.track import landmark_jitter, smooth_landmarks, track_landmarks
 from oneshot.face3d import builtin_model, estimate_face, from_ict_facekit, project_landmarks, render
 from oneshot.face3d import mediapipe68
 from oneshot.face3d.detect import FaceFrontEnd

@@ -35,6 +35,7 @@ __all__ = [
     "split_label",
     "frontal_label",
     "orbit_labels",
+    "relative_cameras",
     "rays",
     "project",
 ]
@@ -170,6 +171,19 @@ def orbit_labels(n: int, yaw_range: float = 0.6, pitch_range: float = 0.15, *, p
     t = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
     c2w = look_at(yaw_range * torch.sin(t), pitch_range * torch.cos(t), radius, pivot, device=device, dtype=dtype)
     return camera_label(c2w, intrinsics(device=device, dtype=dtype))
+
+
+def relative_cameras(source_camera, driving_cameras, reference_camera):
+    """Cameras [F, 25] that move around the source as the driving cameras [F, 25] move relative to the reference
+    camera [1, 25] (the first driving frame's): the driving head's rigid motion, in the head's (world) frame,
+    applied to the source camera [1, 25]: ``C_t = D_t D_ref^-1 C_src`` (cam2world matrices); the source's
+    intrinsics. The reference frame itself gets the source camera."""
+    src_c2w, src_k = split_label(source_camera)
+    drv, _ = split_label(driving_cameras)
+    ref, _ = split_label(reference_camera)
+    c2w = drv.double() @ torch.linalg.inv(ref.double()) @ src_c2w.double()
+    c2w[:, 3] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype, device=c2w.device)  # exact homogeneous row
+    return camera_label(c2w.to(src_c2w.dtype), src_k.expand(c2w.shape[0], 3, 3))
 
 
 def _resolution(resolution) -> tuple[int, int]:

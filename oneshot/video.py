@@ -24,7 +24,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["Frames", "read_frames", "read_image", "VideoWriter", "write_video", "write_gif", "moving_still", "IMAGE_EXTENSIONS",
+__all__ = ["Frames", "read_frames", "read_image", "VideoWriter", "write_video", "write_gif", "moving_still", "check_fps",
+           "IMAGE_EXTENSIONS",
            "VIDEO_EXTENSIONS", "DEFAULT_FPS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -54,7 +55,7 @@ def _natural_key(name: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def _check_fps(fps) -> float:
+def check_fps(fps) -> float:
     try:
         f = float(fps)
     except (TypeError, ValueError):
@@ -167,7 +168,7 @@ def read_frames(path, *, fps: float | None = None) -> Frames:
     (a video keeps its own). Checks that the path exists, is supported and (for a video) opens and has frames;
     decoding errors later raise ValueError naming the file."""
     p = Path(path)
-    fps = None if fps is None else _check_fps(fps)
+    fps = None if fps is None else check_fps(fps)
     if not p.exists():
         raise FileNotFoundError(f"no such file or folder: {p}")
     if p.is_dir():
@@ -219,7 +220,7 @@ class VideoWriter:
             raise ValueError(f"{self.path}: VideoWriter writes .mp4 (or .mov/.m4v/.mkv) files; use write_gif for .gif")
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"{self.path}: the folder {self.path.parent} does not exist")
-        self.fps = _check_fps(fps)
+        self.fps = check_fps(fps)
         if not (isinstance(crf, int) and 0 <= crf <= 51):
             raise ValueError(f"crf must be an int in 0..51, got {crf!r}")
         self.crf, self.codec = crf, codec
@@ -286,7 +287,7 @@ def write_gif(path, frames: Iterable, fps: float, *, loop: int = 0) -> int:
     frame durations in 1/100 s, and pillow merges identical consecutive frames into one longer one). Returns the
     number of frames given."""
     Image = _pil()
-    fps = _check_fps(fps)
+    fps = check_fps(fps)
     images, size = [], None
     for i, f in enumerate(frames):
         a = _as_frame(f, i)

@@ -3,7 +3,6 @@ a tiny random-weight avatar and synthetic portraits whose landmarks are projecte
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -14,8 +13,10 @@ import torch
 pytest.importorskip("av", reason="oneshot.video writes .mp4 with PyAV (pip install av)")
 
 from oneshot import cameras  # noqa: E402
-from oneshot.cli_infer import (add_parsers, depth_images, load_landmark_frames, load_landmarks,  # noqa: E402
-                               relative_cameras)
+from oneshot.cameras import relative_cameras  # noqa: E402
+from oneshot.cli import build_parser  # noqa: E402
+from oneshot.face3d.landmarks import load_landmark_frames, load_landmarks  # noqa: E402
+from oneshot.imageio import depth_images  # noqa: E402
 from oneshot.video import VideoWriter, read_frames, read_image, write_gif, write_video  # noqa: E402
 
 R = 128  # the tiny preset's image size
@@ -31,9 +32,7 @@ def _one_thread():
 
 
 def _run(*argv: str) -> int:
-    p = argparse.ArgumentParser(prog="oneshot")
-    add_parsers(p.add_subparsers(dest="command", required=True))
-    a = p.parse_args([str(x) for x in argv])
+    a = build_parser().parse_args([str(x) for x in argv])
     return a.func(a)
 
 
@@ -183,12 +182,41 @@ def test_depth_images_normalise_over_the_foreground():
 
 # -- the commands ---------------------------------------------------------------------------------------------
 
+def test_sr_follows_what_the_checkpoint_trained(world, tmp_path, capsys):
+    """A checkpoint whose super-resolution network was never trained renders the low-resolution image by default and
+    says so; one that records it trained (or records nothing: older files) renders the super-resolved image; --sr and
+    --no-sr override either way."""
+    from safetensors import safe_open
+
+    from oneshot.face3d import load_model
+    from oneshot.models import OneShotAvatar
+
+    with safe_open(str(world["ckpt"]), framework="pt") as f:
+        assert f.metadata()["trained"] == "[]"  # a new model: nothing trained
+    face = load_model()
+    trained = OneShotAvatar.load(world["ckpt"], face)
+    trained.trained_parts = frozenset({"low_res", "super_resolution"})
+    trained.save(tmp_path / "trained.safetensors")
+    assert OneShotAvatar.load(tmp_path / "trained.safetensors", face).super_resolution_trained
+    common = [world["source"], "--landmarks", world["root"] / "source.json", "--matte", world["matte"], "--frames", 1]
+    sizes = {}
+    for name, ckpt, flags in (("untrained", world["ckpt"], []), ("trained", tmp_path / "trained.safetensors", []),
+                              ("forced", world["ckpt"], ["--sr"]),
+                              ("off", tmp_path / "trained.safetensors", ["--no-sr"])):
+        capsys.readouterr()
+        assert _run("reconstruct", "--checkpoint", ckpt, *common, "--out", tmp_path / name, *flags) == 0
+        sizes[name] = _frames(tmp_path / name / "orbit.mp4").shape[1]
+        said = "super-resolution network was never trained" in capsys.readouterr().err
+        assert said == (name == "untrained"), name
+    assert sizes == {"untrained": 32, "trained": R, "forced": R, "off": 32}
+
+
 def test_reconstruct_writes_the_orbit(world, tmp_path):
     out = tmp_path / "rec"
     assert _run("reconstruct", "--checkpoint", world["ckpt"], world["source"], "--landmarks",
                 world["root"] / "source.json", "--matte", world["matte"], "--out", out, "--frames", 3, "--batch", 2,
-                "--save-frames", "--quiet") == 0
-    assert _frames(out / "orbit.mp4").shape == (3, R, R, 3)  # the super-resolved frames
+                "--save-frames", "--quiet", "--sr") == 0
+    assert _frames(out / "orbit.mp4").shape == (3, R, R, 3)  # the super-resolved frames (--sr)
     assert read_frames(out / "orbit.mp4").fps == 24
     assert len(read_frames(out / "orbit.gif")) == 3 and len(read_frames(out / "depth.gif")) == 3
     assert next(iter(read_frames(out / "depth.gif"))).shape == (R, R, 3)
@@ -264,9 +292,9 @@ def test_without_the_faces_extra_the_error_names_it(world, tmp_path, monkeypatch
 
     monkeypatch.setattr(detect, "_solutions", missing)
     src, lm, images, ckpt = world["source"], world["root"] / "source.json", world["images"], world["ckpt"]
-    with pytest.raises(ValueError, match=r"no --landmarks FILE .* needs the faces extra: .*pip install 'oneshot\[faces\]'"):
+    with pytest.raises(ValueError, match=r"no --landmarks FILE .* needs the faces extra: .*pip install 'oneshot-avatar\[faces\]'"):
         _run("reconstruct", "--checkpoint", ckpt, src, "--out", tmp_path / "r")
-    with pytest.raises(ValueError, match=r"no --driving-landmarks FILE .* needs the faces extra: .*oneshot\[faces\]"):
+    with pytest.raises(ValueError, match=r"no --driving-landmarks FILE .* needs the faces extra: .*oneshot-avatar\[faces\]"):
         _run("animate", "--checkpoint", ckpt, src, images, "--landmarks", lm, "--out", tmp_path / "o.mp4")
     # with landmark files the extra is not needed (no matte then: the background is kept, and said so)
     assert _run("reconstruct", "--checkpoint", ckpt, src, "--landmarks", lm, "--out", tmp_path / "r", "--frames", 1,

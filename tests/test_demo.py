@@ -10,7 +10,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:PerceptualLoss. no VGG-19 weight
 
 
 def test_demo_writes_a_complete_report(tmp_path):
-    from oneshot.train.demo import run_demo
+    from oneshot.cli.demo import run_demo
 
     summary = run_demo(tmp_path, minutes=0.02, n_train=8, n_test=4, orbit_frames=6, progress=False, log=lambda *a: None)
     rep = tmp_path / "report"

@@ -397,7 +397,7 @@ def test_evaluate_command_end_to_end_with_every_metric_and_resume(tiny_setup, tm
 
     # The per-pair PSNR / SSIM are those of the render, recomputed here by hand.
     from oneshot.eval.protocol import deterministic_renders
-    from oneshot.train.data import collate_pairs
+    from oneshot.data import collate_pairs
 
     pairs = [(ds.identities[i][0], t) for i in sorted(ds.identities) for t in ds.identities[i][1:]]
     with torch.no_grad(), deterministic_renders(model.eval()):
@@ -454,10 +454,36 @@ def test_cross_protocol_scores_identity_against_the_source(tiny_setup, tmp_path)
     assert "| CSIM ↑ | AED ↓ | APD ↓ | FID ↓ |" in (out / "table.md").read_text()
 
 
-def test_evaluate_scores_the_super_resolved_output_by_default(tiny_setup, tmp_path):
-    root, _, model = tiny_setup
-    out = tmp_path / "sr"
-    assert _evaluate(["--checkpoint", root / "avatar.safetensors", "--data", root / "data", "--protocol",
-                      "reconstruction", "--no-faces", "--limit", "1", "--out", out]) == 0
-    s = json.loads((out / "metrics.json").read_text())
-    assert s["output"] == f"super-resolved {model.config.image_size}x{model.config.image_size}" and s["pairs"] == 1
+def test_evaluate_scores_what_the_checkpoint_trained(tiny_setup, tmp_path, capsys):
+    """By default the super-resolved output when the checkpoint records its SR network trained, else the raw render
+    (with a note); the scores are recomputed from renders made here, so a label that lies cannot pass."""
+    from oneshot.data import collate_pairs
+    from oneshot.eval.protocol import deterministic_renders
+    from oneshot.models import OneShotAvatar
+
+    root, ds, model = tiny_setup
+    trained = OneShotAvatar.load(root / "avatar.safetensors", model.face_model)
+    trained.trained_parts = frozenset({"low_res", "super_resolution"})
+    trained.save(tmp_path / "trained.safetensors")
+    first = ds.identities[sorted(ds.identities)[0]][0]
+    with torch.no_grad(), deterministic_renders(model.eval()):
+        b = collate_pairs(ds, [(first, first)], model.face_model)
+        o = model(b, seed=0, super_resolve=True)
+    renders = {"sr": (o["image"].clamp(-1, 1) + 1) / 2, "raw": (o["full"].features[:, :3].clamp(-1, 1) + 1) / 2}
+    for name, ckpt, flags, want in (("default-untrained", root / "avatar.safetensors", [], "raw"),
+                                    ("default-trained", tmp_path / "trained.safetensors", [], "sr"),
+                                    ("forced", root / "avatar.safetensors", ["--sr"], "sr"),
+                                    ("off", tmp_path / "trained.safetensors", ["--no-sr"], "raw")):
+        out = tmp_path / name
+        capsys.readouterr()
+        assert _evaluate(["--checkpoint", ckpt, "--data", root / "data", "--protocol", "reconstruction",
+                          "--no-faces", "--limit", "1", "--out", out] + flags) == 0
+        assert ("never trained" in capsys.readouterr().err) == (name == "default-untrained"), name
+        row = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+        r = renders[want]
+        t = (F.interpolate(b["target_image"], size=r.shape[-2:], mode="bilinear", align_corners=False,
+                           antialias=r.shape[-1] < b["target_image"].shape[-1]) + 1) / 2
+        assert float(M.psnr(r, t.clamp(0, 1))[0]) == pytest.approx(row["psnr"], rel=1e-6), name
+        size = r.shape[-1]
+        label = json.loads((out / "metrics.json").read_text())["output"]
+        assert label == (f"super-resolved {size}x{size}" if want == "sr" else f"raw render {size}x{size}"), name

@@ -60,7 +60,7 @@ def test_map_applies_to_batches_arrays_and_468_points():
 
 
 def test_landmark_files_with_478_points_are_mapped(tmp_path):
-    from oneshot.cli_infer import load_landmark_frames, load_landmarks
+    from oneshot.face3d.landmarks import load_landmark_frames, load_landmarks
 
     pts = np.random.default_rng(1).uniform(100, 400, (478, 3))
     np.save(tmp_path / "mesh.npy", pts)
@@ -246,7 +246,7 @@ def test_reconstruct_and_animate_need_no_landmark_or_matte_files(tiny_ckpt, driv
 @needs_faces
 @needs_assets
 def test_tracked_landmarks_follow_the_known_motion_and_smoothing_removes_jitter(driving_video, portraits):
-    from oneshot.cli_infer import landmark_jitter, smooth_landmarks, track_landmarks
+    from oneshot.face3d.track import landmark_jitter, smooth_landmarks, track_landmarks
     from oneshot.face3d.detect import detect_faces
     from oneshot.video import read_frames
 

@@ -16,7 +16,7 @@ import torch
 
 from oneshot.data import synthesize
 from oneshot.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint_atomic
-from oneshot.train.data import PairSampler, collate_pairs
+from oneshot.data import PairSampler, collate_pairs
 
 pytestmark = pytest.mark.filterwarnings("ignore:PerceptualLoss. no VGG-19 weights")
 

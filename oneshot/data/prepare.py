@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,7 +190,7 @@ def prepare(sources, out, *, model_path=None, resolution: int = 512, frames: int
             recon_path=None, progress: bool = True) -> PrepareReport:
     """Turn images and videos (`sources`: files or folders) into a dataset in `out`; see the module's text.
     `frames`: frames sampled evenly from each video; `workers`: processes (each with its own front end)."""
-    from tqdm import tqdm
+    from .._progress import progress_bar
 
     from ..face3d import Coeffs, load_model
     from ..face3d.detect import FaceFrontEnd
@@ -224,8 +223,7 @@ def prepare(sources, out, *, model_path=None, resolution: int = 512, frames: int
     written = _written_ids(out)
     jobs = [(p, frames) for p in todo]
     with SampleWriter(out, resolution, model.fingerprint) as writer, open(out / LOG, "a", encoding="utf-8") as log, \
-            tqdm(total=len(paths), initial=report.resumed, desc="prepare", unit="source", disable=not progress,
-                 file=sys.stderr, dynamic_ncols=True) as bar:
+            progress_bar(len(paths), initial=report.resumed, desc="prepare", unit="source", enabled=progress) as bar:
         if workers == 1:
             _init_worker(model_path, resolution, recon_path)
             results = map(_run_source, jobs)

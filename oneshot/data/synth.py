@@ -5,12 +5,11 @@ paper's video-frame and multi-view pairs). Deterministic for a seed."""
 from __future__ import annotations
 
 import math
-import sys
-import time
 
 import torch
 
 from .. import cameras
+from .._progress import progress_bar
 from ..face3d import Coeffs, MorphableModel, load_model, render
 from .format import SampleWriter
 
@@ -24,17 +23,6 @@ SYNTH_PIVOT = (0.0, 0.0, 0.0)
 
 YAW_RANGE = math.radians(45.0)
 PITCH_RANGE = math.radians(20.0)
-
-
-def _progress(done: int, total: int, start: float, stream=sys.stderr) -> None:
-    width = 30
-    frac = done / max(total, 1)
-    rate = done / max(time.time() - start, 1e-9)
-    eta = (total - done) / max(rate, 1e-9)
-    stream.write(f"\rsynth [{'#' * int(frac * width):<{width}}] {done}/{total}  {rate:.1f}/s  eta {eta:.0f}s")
-    if done == total:
-        stream.write("\n")
-    stream.flush()
 
 
 def _sample_coeffs(model: MorphableModel, identity: torch.Tensor, albedo: torch.Tensor, g: torch.Generator) -> Coeffs:
@@ -73,9 +61,9 @@ def synthesize(out, n: int, *, model: MorphableModel | None = None, model_path=N
     # The orbit's centre: the canonical origin, as in real crops (the labels record the actual cameras).
     pivot = SYNTH_PIVOT
     g = torch.Generator().manual_seed(int(seed))
-    start = time.time()
     written = 0
-    with SampleWriter(out, resolution, model.fingerprint) as writer:
+    with SampleWriter(out, resolution, model.fingerprint) as writer, \
+            progress_bar(n, desc="synth", unit="sample", enabled=progress) as bar:
         while written < n:
             identity_id = f"id{written // per_identity:05d}"
             ident = torch.randn(model.num_identity, generator=g) * 0.8
@@ -96,6 +84,5 @@ def synthesize(out, n: int, *, model: MorphableModel | None = None, model_path=N
                 writer.write(f"{written:06d}", identity_id, to8(img.permute(1, 2, 0)), to8(r.mask[0, 0]),
                              to8(masks.permute(1, 2, 0)), cam[0], c)
                 written += 1
-                if progress:
-                    _progress(written, n, start)
+                bar.update(1)
     return written

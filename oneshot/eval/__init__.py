@@ -1,6 +1,6 @@
 """Evaluation: the paper's metrics (:mod:`oneshot.eval.metrics`), the pretrained networks they need, loaded from
 local files only (:mod:`oneshot.eval.networks`), the reconstruction / self- / cross-identity protocols
-(:mod:`oneshot.eval.protocol`) and the ``oneshot evaluate`` command (:mod:`oneshot.eval.command`)."""
+(:mod:`oneshot.eval.protocol`) and its reports (:mod:`oneshot.eval.report`); the command is ``oneshot evaluate``."""
 
 from .metrics import (coefficient_distance, cosine_similarity, feature_statistics, fid_from_features,
                       frechet_distance, keypoint_distance, l1, psnr, ssim)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import metrics as M
 
-__all__ = ["PROTOCOLS", "COLUMNS", "LOWER_IS_BETTER", "build_pairs", "Scorer", "run_protocol", "aggregate", "arcface_crops",
+__all__ = ["build_scorer", "PROTOCOLS", "COLUMNS", "LOWER_IS_BETTER", "build_pairs", "Scorer", "run_protocol", "aggregate", "arcface_crops",
            "deterministic_renders", "canonical_five_pixels", "SSIM_SETTINGS"]
 
 PROTOCOLS = ("reconstruction", "self", "cross")
@@ -190,7 +190,7 @@ class Scorer:
     Networks are optional: a metric whose weights (or the face front end) are missing is skipped; ``skipped``
     maps it to the one line that says what it needs. `face_model` and (optionally) `recon` give AED / APD:
     coefficients from Deep3DFaceRecon's regressor when `recon` is set, else from the 68-landmark fit of
-    `face_model`; both need the landmarks of the face front end (``oneshot[faces]``), which also give AKD.
+    `face_model`; both need the landmarks of the face front end (``oneshot-avatar[faces]``), which also give AKD.
     """
 
     def __init__(self, *, lpips=None, inception=None, arcface=None, faces=None, face_model=None, recon=None,
@@ -289,16 +289,16 @@ def run_protocol(model, ds, pairs: list[tuple[int, int]], scorer: Scorer, protoc
                  on_batch: Callable | None = None) -> list[dict]:
     """Render every pair and score it; returns one row per pair (``source``, ``target`` sample ids, the metrics).
     `on_batch(rows, renders, batch_pairs)` is called after each batch (renders [b, 3, h, w] in [0, 1])."""
-    from tqdm import tqdm
+    from .._progress import progress_bar
 
-    from ..train.data import collate_pairs
+    from ..data import collate_pairs
 
     if not (isinstance(batch, int) and batch >= 1):
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     rows: list[dict] = []
-    bar = tqdm(total=len(pairs), desc=f"evaluate {protocol}", unit="pair", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(pairs), desc=f"evaluate {protocol}", unit="pair", enabled=progress)
     with deterministic_renders(model):
         for i in range(0, len(pairs), batch):
             chunk = pairs[i:i + batch]
@@ -340,3 +340,57 @@ def aggregate(rows: list[dict], protocol: str, scorer: Scorer) -> dict:
             res[m] = {"mean": float(finite.mean()) if finite.numel() else math.nan, "n": int(finite.numel()),
                       "missing": int(vals.numel() - finite.numel())}
     return res
+
+
+def build_scorer(protocol: str, face_model, device=None, *, lpips_alexnet=None, lpips_heads=None, inception=None,
+                 arcface=None, faces: bool = True, recon=None, ssim: str = "wang", log=print) -> Scorer:
+    """A :class:`Scorer` for `protocol` with the networks whose files are given (paths; None skips the metric):
+    torchvision's AlexNet weights and the lpips heads (default: an installed lpips package's) for LPIPS, pytorch-fid's
+    Inception for FID, an arcface_torch backbone for CSIM; the face front end (``faces``, when installed) for AED, APD
+    and AKD, with Deep3DFaceRecon's regressor (`recon`) or else the 68-landmark fit of `face_model`. `log` gets one
+    line per skipped metric saying which file (or extra) it needs; ``scorer.skipped`` keeps them."""
+    from ..face3d import load_recon_checkpoint
+    from ..face3d.detect import faces_available
+    from .networks import installed_lpips_heads, load_arcface, load_fid_inception, load_lpips
+
+    cols = COLUMNS[protocol]
+    skipped = {}
+    lpips_net = inception_net = arcface_net = front = recon_net = None
+    if "lpips" in cols:
+        if lpips_alexnet is None:
+            skipped["lpips"] = ("needs --lpips-alexnet alexnet-owt-7be5be79.pth (torchvision's AlexNet weights) and the "
+                                "lpips heads (--lpips-heads alex.pth, or pip install lpips --no-deps)")
+        elif lpips_heads is None and installed_lpips_heads() is None:
+            skipped["lpips"] = ("needs the lpips linear heads: --lpips-heads weights/v0.1/alex.pth (from the lpips "
+                                "package; pip install lpips --no-deps installs them)")
+        else:
+            lpips_net = load_lpips(lpips_alexnet, lpips_heads).to(device)
+    if inception is None:
+        skipped["fid"] = "needs --inception pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID Inception weights)"
+    else:
+        inception_net = load_fid_inception(inception).to(device)
+    if "csim" in cols:
+        if arcface is None:
+            skipped["csim"] = "needs --arcface backbone.pth (insightface arcface_torch IResNet, e.g. ms1mv3 r100)"
+        else:
+            arcface_net = load_arcface(arcface).to(device)
+    wants_faces = [m for m in ("aed", "apd", "akd") if m in cols]
+    if wants_faces:
+        if not faces:
+            for m in wants_faces:
+                skipped[m] = "turned off by --no-faces"
+        elif not faces_available():
+            for m in wants_faces:
+                skipped[m] = "needs the face front end: pip install 'oneshot-avatar[faces]'"
+        else:
+            from ..face3d.detect import FaceFrontEnd
+
+            front = FaceFrontEnd(max_faces=1)
+            if recon is not None:
+                recon_net = load_recon_checkpoint(recon).to("cpu")
+    scorer = Scorer(lpips=lpips_net, inception=inception_net, arcface=arcface_net, faces=front, face_model=face_model,
+                    recon=recon_net, ssim=ssim)
+    scorer.skipped = skipped
+    for m, why in skipped.items():
+        log(f"{m.upper()} skipped: {why}")
+    return scorer

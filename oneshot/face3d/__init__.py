@@ -15,7 +15,9 @@
   (all of it for a portrait, with or without the regressor :class:`ReconNet`).
 * Faces in images and videos (the ``faces`` extra): :class:`FaceFrontEnd` (MediaPipe Face Mesh: faces, 478
   points, the 68 iBUG ones via :func:`ibug68_from_mediapipe`, a person matte; tracking for videos),
-  :func:`detect_faces`, :func:`face_matte`; :class:`OneEuroFilter` to smooth per-frame signals.
+  :func:`detect_faces`, :func:`face_matte`; :class:`OneEuroFilter` to smooth per-frame signals; landmark files
+  (:func:`load_landmarks`, :func:`load_landmark_frames`) and landmarks through a video (:func:`track_landmarks`,
+  :func:`smooth_landmarks`).
 * :class:`Coeffs`: the per-image coefficients of one model (identity, expression, albedo, lighting, pose), tied
   to that model by its fingerprint; Deep3DFaceRecon's 257-vector converts to and from it.
 
@@ -41,7 +43,9 @@ from .model import REGIONS, MorphableModel
 from .pose import RECON_FOCAL, camera_to_pose, euler_rotation, pose_to_camera, rotation_to_euler
 from .recon import ReconNet, load_recon_checkpoint
 from .renderer import RenderResult, frontal_render, neutral_render, render
+from .landmarks import check_landmarks_in_image, load_landmark_frames, load_landmarks
 from .smooth import OneEuroFilter, smooth_sequence
+from .track import landmark_jitter, smooth_landmarks, track_landmarks
 
 __all__ = ["MorphableModel", "Coeffs", "load_model", "ReconNet", "load_recon_checkpoint", "render", "frontal_render", "neutral_render", "RenderResult", "builtin_model", "from_bfm", "from_ict_facekit", "REGIONS",
            "EXPRESSIONS", "BFM_WORLD_SCALE", "ICT_WORLD_SCALE", "align_face", "Alignment", "five_points",
@@ -49,7 +53,8 @@ __all__ = ["MorphableModel", "Coeffs", "load_model", "ReconNet", "load_recon_che
            "estimate_face", "FaceEstimate", "pose_to_camera", "camera_to_pose", "euler_rotation",
            "rotation_to_euler", "RECON_FOCAL", "CANONICAL_FIVE", "canonical_similarity", "FaceFrontEnd",
            "DetectedFace", "FacesUnavailableError", "detect_faces", "face_matte", "faces_available",
-           "ibug68_from_mediapipe", "OneEuroFilter", "smooth_sequence"]
+           "ibug68_from_mediapipe", "OneEuroFilter", "smooth_sequence", "load_landmarks", "load_landmark_frames",
+           "check_landmarks_in_image", "track_landmarks", "smooth_landmarks", "landmark_jitter"]
 
 
 def load_model(path: str | os.PathLike | None = None) -> MorphableModel:

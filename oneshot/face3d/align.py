@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .loaders import BFM_WORLD_SCALE
+from .frame import BFM_WORLD_SCALE, RECON_FOCAL, RECON_RESOLUTION
 from .model import MorphableModel
-from .pose import RECON_FOCAL, RECON_RESOLUTION
 
 __all__ = ["five_points", "standard_landmarks", "similarity_from_landmarks", "align_face", "Alignment",
            "RESCALE", "CANONICAL_FIVE", "canonical_similarity"]
@@ -78,7 +77,7 @@ def standard_landmarks(model: MorphableModel | None = None) -> Tensor:
     """The five 3D standard landmarks [5, 3] (Deep3DFaceRecon's units, y up) of `model`'s mean shape (the
     built-in model by default)."""
     if model is None:
-        from . import builtin_model
+        from .builtin import builtin_model
 
         model = builtin_model()
     lm = model.mean[model.landmarks].detach().double().cpu() / BFM_WORLD_SCALE

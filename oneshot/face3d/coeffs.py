@@ -52,6 +52,13 @@ class Coeffs:
     def batch_size(self) -> int:
         return self.identity.shape[0]
 
+    def repeat(self, n: int) -> Coeffs:
+        """The coefficients of a one-face batch repeated `n` times (e.g. one source's for every frame)."""
+        if self.batch_size != 1:
+            raise ValueError(f"Coeffs.repeat takes a batch of one face, got {self.batch_size}")
+        return Coeffs(*(getattr(self, f.name).repeat(n, 1) for f in fields(self) if f.name != "model"),
+                      model=self.model)
+
     @classmethod
     def zeros(cls, model: MorphableModel, batch: int = 1, *, device=None, dtype=torch.float32) -> Coeffs:
         """Neutral coefficients: mean identity and albedo, no expression, ambient white light (the DC lighting

@@ -13,9 +13,9 @@ from torch import Tensor
 from .. import cameras
 from .align import align_face, five_points, similarity_from_landmarks
 from .coeffs import Coeffs
-from .loaders import BFM_WORLD_SCALE
+from .frame import BFM_WORLD_SCALE, CAMERA_DISTANCE, RECON_FOCAL
 from .model import MorphableModel
-from .pose import CAMERA_DISTANCE, RECON_FOCAL, euler_rotation, pose_to_camera
+from .pose import euler_rotation, pose_to_camera
 
 __all__ = ["project_landmarks", "fit_landmarks", "FitResult", "estimate_face", "FaceEstimate",
            "LANDMARK_WEIGHTS", "POSE_WEIGHT"]
@@ -215,7 +215,7 @@ def estimate_face(image: Tensor, landmarks: Tensor, *, model: MorphableModel | N
     regressed from Deep3DFaceRecon's 224 crop (`model` must then be the BFM they belong to); without it, the
     68 landmarks are fitted (:func:`fit_landmarks`, keyword arguments passed on).
     """
-    from . import builtin_model
+    from .builtin import builtin_model
 
     model = builtin_model() if model is None else model
     crop = align_face(image, landmarks, size=size, focal=cameras.FOCAL, padding_mode="border")

@@ -8,15 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .align import canonical_similarity, five_points
+from .frame import BFM_WORLD_SCALE, ICT_WORLD_SCALE
 from .model import MorphableModel
 
 __all__ = ["from_bfm", "from_ict_facekit", "BFM_WORLD_SCALE", "ICT_WORLD_SCALE"]
-
-#: world = 0.27 x recentred BFM decimetres (EG3D's preprocessing: Deep3DFaceRecon's camera distance 10 -> 2.7).
-BFM_WORLD_SCALE = 0.27
-#: ICT-FaceKit is in centimetres: the same world units (nominally; the loader also fits the scale, see
-#: :func:`from_ict_facekit`).
-ICT_WORLD_SCALE = 0.027
 
 _BFM_KEYS = ("meanshape", "idBase", "exBase", "tri", "keypoints")
 
@@ -124,7 +120,6 @@ def from_ict_facekit(path) -> MorphableModel:
     mean = d["mean"].astype(np.float64)
     if mean.ndim != 2 or mean.shape[1] != 3:
         raise ValueError(f"{p}: mean must be [V, 3], got {mean.shape}")
-    from .align import canonical_similarity, five_points
 
     lm = d["landmarks68"].astype(np.int64)
     if lm.shape != (68,) or lm.min() < 0 or lm.max() >= len(mean):

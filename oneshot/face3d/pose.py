@@ -22,15 +22,10 @@ import torch
 from torch import Tensor
 
 from .. import cameras
-from .loaders import BFM_WORLD_SCALE
+from .frame import BFM_WORLD_SCALE, CAMERA_DISTANCE, RECON_FOCAL, RECON_RESOLUTION
 
 __all__ = ["euler_rotation", "rotation_to_euler", "pose_to_camera", "camera_to_pose", "RECON_FOCAL",
            "RECON_RESOLUTION", "CAMERA_DISTANCE"]
-
-#: Deep3DFaceRecon's camera: focal 1015 px on its 224 x 224 crop (principal point at the centre), distance 10.
-RECON_RESOLUTION = 224
-RECON_FOCAL = 1015.0 / RECON_RESOLUTION
-CAMERA_DISTANCE = 10.0
 
 _FLIP = (1.0, -1.0, -1.0)
 

@@ -22,6 +22,7 @@ super-resolution network.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -39,9 +40,12 @@ from .encoders import Embed2Plane, PlaneTemplate, PlaneUpsampler, SegFormerEncod
 from .gfpgan import SuperResolution
 from .volume import RenderSettings, VolumeRenderer, VolumeRenderOutput
 
-__all__ = ["OneShotAvatar", "Avatar", "AnimateOutput", "STAGES"]
+__all__ = ["OneShotAvatar", "Avatar", "AnimateOutput", "STAGES", "TRAINED_PARTS"]
 
 STAGES = (1, 2)
+#: The parts a checkpoint records as trained: "low_res" (stage 1: encoders, heads, upsampler, decoder) and
+#: "super_resolution" (stage 2).
+TRAINED_PARTS = ("low_res", "super_resolution")
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 # Offsets of the per-render random streams when a seed is given (so that animate(reconstruct()) draws what
@@ -130,6 +134,9 @@ class OneShotAvatar(nn.Module):
         self.register_buffer("image_std", torch.tensor(_STD).reshape(1, 3, 1, 1), persistent=False)
         self.stage = 1
         self.set_stage(1)
+        #: Which parts have been trained (:data:`TRAINED_PARTS`): empty for a new model; set by the trainer and the
+        #: GOHA converter, saved with the weights. None: not recorded (a checkpoint older than the record).
+        self.trained_parts: frozenset[str] | None = frozenset()
 
     # -- housekeeping ---------------------------------------------------------------------------------------
     def _apply(self, fn, recurse=True):
@@ -146,15 +153,24 @@ class OneShotAvatar(nn.Module):
             module.requires_grad_((name == "super_resolution") == (stage == 2))
         return self
 
+    @property
+    def super_resolution_trained(self) -> bool:
+        """Whether the super-resolution network was ever trained (True when the checkpoint does not say): an
+        untrained one turns a good low-resolution render into colour noise."""
+        return self.trained_parts is None or "super_resolution" in self.trained_parts
+
     def low_res_parameters(self):
         return [p for n, p in self.named_parameters() if not n.startswith("super_resolution.")]
 
     def save(self, path) -> None:
-        """Weights (safetensors) with the config (JSON, in the file's metadata)."""
+        """Weights (safetensors) with the config and the trained parts (JSON, in the file's metadata)."""
         from safetensors.torch import save_file
 
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata={"format": "oneshot-avatar", "config": self.config.to_json()})
+        meta = {"format": "oneshot-avatar", "config": self.config.to_json()}
+        if self.trained_parts is not None:
+            meta["trained"] = json.dumps(sorted(self.trained_parts))
+        save_file(state, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path, face_model: MorphableModel | None = None, *, map_location="cpu", **kwargs) -> OneShotAvatar:
@@ -175,6 +191,14 @@ class OneShotAvatar(nn.Module):
         config = AvatarConfig.from_json(meta["config"])
         model = cls(config, face_model, **kwargs)
         model.load_state_dict(load_file(str(p), device=str(map_location)))
+        if "trained" in meta:
+            parts = json.loads(meta["trained"])
+            unknown = sorted(set(parts) - set(TRAINED_PARTS))
+            if unknown:
+                raise ValueError(f"{p}: unknown trained parts {unknown} in its metadata; known: {TRAINED_PARTS}")
+            model.trained_parts = frozenset(parts)
+        else:
+            model.trained_parts = None
         return model
 
     # -- checks ---------------------------------------------------------------------------------------------

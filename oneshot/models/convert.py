@@ -81,4 +81,5 @@ def load_goha_checkpoint(path: str | os.PathLike, face_model: MorphableModel | N
     model = OneShotAvatar(config, face_model, backend=backend)
     check_state_dict(model.state_dict(), converted, path, "GOHA (converted)")
     model.load_state_dict(converted)
+    model.trained_parts = frozenset({"low_res", "super_resolution"})  # the released network, both stages trained
     return model

@@ -1,4 +1,4 @@
-"""Training: losses, the dual discriminator, pair sampling, the two-stage trainer, metrics and the demo."""
+"""Training: losses, the dual discriminator and the two-stage trainer (pairs: :mod:`oneshot.data.pairs`)."""
 
 from .trainer import TrainConfig, Trainer, load_checkpoint, save_checkpoint_atomic
 

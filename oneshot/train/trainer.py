@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from .._checkpoint import load_torch_file
-from ..data import FaceDataset
+from .._progress import progress_bar
+from ..data import FaceDataset, PairSampler, collate_pairs
 from ..face3d import MorphableModel, load_model
 from ..models import AvatarConfig, OneShotAvatar
-from .data import PairSampler, collate_pairs
 from .discriminator import DualDiscriminator, dual_input
 from .losses import (PerceptualLoss, d_logistic_loss, density_smoothness, g_nonsaturating_loss, l1_loss,
                      neutral_expression_loss, r1_penalty)
@@ -176,6 +175,7 @@ class Trainer:
         if c.init:
             src = OneShotAvatar.load(c.init, self.face)
             self.model.load_state_dict(src.state_dict())
+            self.model.trained_parts = src.trained_parts
         self.model.to(self.device).set_stage(c.stage)
         self.model.train()
         self.opt = torch.optim.Adam(self._param_groups(), lr=c.lr, betas=c.betas)
@@ -248,6 +248,11 @@ class Trainer:
 
     def save(self) -> Path:
         path = self.out / "checkpoints" / "last.pt"
+        if self.step > 0:  # this stage's part has been trained: the avatar file says so (commands read it)
+            part = "low_res" if self.config.stage == 1 else "super_resolution"
+            for m in (self.model, self.final_model):
+                if m.trained_parts is not None:
+                    m.trained_parts = m.trained_parts | {part}
         if self.rank == 0:
             save_checkpoint_atomic(self.state(), path)
             tmp = self.out / ".avatar.safetensors.tmp"
@@ -361,9 +366,14 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.json").write_text(c.to_json())
             self.writer = _tensorboard(self.out)
-        start, records, last_t = time.time(), [], time.time()
+        start, records = time.time(), []
         log_path = self.out / "log.jsonl"
-        try:
+        budget = c.max_minutes * 60 if c.max_minutes is not None else None
+        # A time-budgeted run shows the time left (its step count is only a ceiling); otherwise the steps.
+        bar = progress_bar(round(budget) if budget else total, initial=0 if budget else self.step,
+                           desc=f"stage {c.stage}", unit="s" if budget else "step", enabled=self.progress,
+                           bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}" if budget else None)
+        with bar:
             while self.step < total:
                 batch = collate_pairs(self.dataset, self.sampler.pairs(self.step), self.face, self.device)
                 logs = self.train_step(batch)
@@ -371,31 +381,24 @@ class Trainer:
                     raise FloatingPointError(f"loss became {logs['loss']} at step {self.step}; the last checkpoint "
                                              f"is intact")
                 self.step += 1
-                stopping = c.max_minutes is not None and time.time() - start > c.max_minutes * 60
+                elapsed = time.time() - start
+                stopping = budget is not None and elapsed > budget
+                bar.update(min(round(elapsed), bar.total) - bar.n if budget else 1)
                 if self.rank == 0 and (self.step % c.log_every == 0 or self.step == total or stopping):
-                    now = time.time()
-                    rec = {"step": self.step, "time": round(now - start, 3), **logs}
+                    rec = {"step": self.step, "time": round(elapsed, 3), **logs}
                     records.append(rec)
                     with log_path.open("a") as f:
                         f.write(json.dumps(rec) + "\n")
                     if self.writer is not None:
                         for k, v in logs.items():
                             self.writer.add_scalar(k, v, self.step)
-                    if self.progress:
-                        rate = c.log_every / max(now - last_t, 1e-9)
-                        sys.stderr.write(f"\rstage {c.stage} step {self.step}/{total}  loss {logs['loss']:.4f}  "
-                                         f"{rate:.2f} it/s")
-                        sys.stderr.flush()
-                    last_t = now
+                    bar.set_postfix_str(f"step {self.step}, loss {logs['loss']:.4f}", refresh=False)
                 if self.rank == 0 and c.image_every and self.step % c.image_every == 0:
                     self.write_images(batch)
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                     self.save()
                 if stopping:
                     break
-        finally:
-            if self.progress:
-                sys.stderr.write("\n")
         self.save()
         if self.writer is not None:
             self.writer.flush()
@@ -404,7 +407,7 @@ class Trainer:
     @torch.no_grad()
     def write_images(self, batch: dict) -> Path:
         """A grid per row: source, target, the three renders (or the SR output in stage 2), depth."""
-        from .report import image_grid
+        from ..imageio import image_grid
 
         out = self._last_out
         S = batch["source_image"].shape[-1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data import FaceDataset
+from .format import FaceDataset
 from ..face3d import Coeffs, MorphableModel
 
 __all__ = ["PairSampler", "collate_pairs"]

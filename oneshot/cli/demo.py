@@ -6,7 +6,6 @@ PSNR/SSIM against the untrained model and the mean-training-image baseline."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -15,17 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from .. import cameras
-from ..data import FaceDataset, synthesize
+from ..data import FaceDataset, collate_pairs, synthesize
 from ..data.synth import SYNTH_PIVOT
-from ..face3d import builtin_model
-from ..imageio import write_png
-from ..models import AvatarConfig, OneShotAvatar
-from .data import collate_pairs
 from ..eval import Scorer, build_pairs, psnr, run_protocol, ssim
-from .report import image_grid, plot_curves, to_uint8
-from .trainer import TrainConfig, Trainer
+from ..face3d import builtin_model
+from ..imageio import image_grid, plot_curves, to_uint8, write_png
+from ..models import AvatarConfig, OneShotAvatar
+from ..train import TrainConfig, Trainer
+from ..video import write_gif
+from ._common import add_quiet, add_seed
 
-__all__ = ["run_demo", "evaluate", "write_orbit"]
+__all__ = ["run_demo", "evaluate", "write_orbit", "add_parser"]
 
 
 def _resize(x, size):
@@ -62,13 +61,6 @@ def _mean_image_baseline(train: FaceDataset, test: FaceDataset, pairs, res: int,
     return {"psnr": float(psnr(m, tg).mean()), "ssim": float(ssim(m, tg).mean()), "n": len(pairs)}
 
 
-def _write_gif(path: Path, frames: list[np.ndarray], fps: float = 12) -> None:
-    from PIL import Image
-
-    ims = [Image.fromarray(f) for f in frames]
-    ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
-
-
 @torch.no_grad()
 def write_orbit(model: OneShotAvatar, ds: FaceDataset, out, *, frames: int = 36, seed: int = 0, size: int = 128,
                 index: int = 0) -> list[np.ndarray]:
@@ -85,7 +77,7 @@ def write_orbit(model: OneShotAvatar, ds: FaceDataset, out, *, frames: int = 36,
         anim = model.animate(avatar, b["source_coeffs"], cams[k:k + 1], super_resolve=False, seed=seed)
         images.append(to_uint8(F.interpolate(anim.features[:, :3].clamp(-1, 1), size=(size, size), mode="bilinear",
                                              align_corners=False)[0]))
-    _write_gif(out / "orbit.gif", images)
+    write_gif(out / "orbit.gif", images, 12)
     write_png(out / "orbit_frames.png", np.concatenate(images[:: n // 6][:6], axis=1))
     return images
 
@@ -206,5 +198,16 @@ def run_demo(out, minutes: float = 10.0, *, seed: int = 0, n_train: int = 384, n
     return summary
 
 
-if __name__ == "__main__":  # pragma: no cover
-    run_demo(sys.argv[1] if len(sys.argv) > 1 else "demo_out")
+def demo_command(a) -> int:
+    summary = run_demo(a.out, a.minutes, seed=a.seed, progress=not a.quiet)
+    return 0 if summary else 1
+
+
+def add_parser(subparsers) -> None:
+    d = subparsers.add_parser("demo", help="synthesize data, train the tiny avatar on CPU for a few minutes, write a "
+                                           "report")
+    d.add_argument("--out", default="oneshot_demo", help="output directory (default ./oneshot_demo)")
+    d.add_argument("--minutes", type=float, default=10.0, help="training time budget in minutes (default 10)")
+    add_seed(d, what="the data, the initial weights and the renders")
+    add_quiet(d)
+    d.set_defaults(func=demo_command)
