@@ -35,8 +35,9 @@ from ..face3d import Coeffs, MorphableModel, frontal_render, load_model, neutral
 from ..ops import rasterize_points
 from .config import AvatarConfig
 from .decoder import TriplaneDecoder
-from .encoders import Embed2Plane, PlaneTemplate, PlaneUpsampler, SegFormerEncoder
 from .gfpgan import SuperResolution
+from .plane_heads import Embed2Plane, PlaneTemplate, PlaneUpsampler
+from .segformer import SegFormerEncoder
 from .volume import RenderSettings, VolumeRenderer, VolumeRenderOutput
 
 __all__ = ["OneShotAvatar", "Avatar", "AnimateOutput", "STAGES"]

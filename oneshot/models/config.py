@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .encoders import SEGFORMER_PRESETS
+from .segformer import SEGFORMER_PRESETS
 
 __all__ = ["AvatarConfig", "PRESETS", "LIFT_BASES"]
 
