@@ -38,7 +38,7 @@ from .decoder import TriplaneDecoder
 from .gfpgan import SuperResolution
 from .plane_heads import Embed2Plane, PlaneTemplate, PlaneUpsampler
 from .segformer import SegFormerEncoder
-from .volume import RenderSettings, VolumeRenderer, VolumeRenderOutput
+from .volume import VolumeRenderer, VolumeRenderOutput
 
 __all__ = ["OneShotAvatar", "Avatar", "AnimateOutput", "STAGES"]
 
@@ -119,11 +119,7 @@ class OneShotAvatar(nn.Module):
         self.appearance_encoder = SegFormerEncoder(6, config=c.encoder, pretrained=pretrained_encoder)
         self.appearance_upsampler = PlaneUpsampler(E, C, hidden=c.upsampler_hidden, shared_up=c.shared_up)
         self.decoder = TriplaneDecoder(C, c.decoder_hidden, C)
-        self.renderer = VolumeRenderer(RenderSettings(samples=c.samples, importance_samples=c.importance_samples,
-                                                      ray_start=c.ray_start, ray_end=c.ray_end, chunk=c.chunk,
-                                                      stratified=c.stratified, clip_to_box=c.clip_to_box,
-                                                      fused=c.fused_render),
-                                       backend=backend)
+        self.renderer = VolumeRenderer(c.render_settings(), backend=backend)
         self.super_resolution = SuperResolution(out_size=c.sr_out_size, narrow=c.sr_narrow,
                                                 channel_multiplier=c.sr_channel_multiplier,
                                                 num_style_feat=c.sr_style_feat, num_mlp=c.sr_num_mlp)
