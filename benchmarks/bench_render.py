@@ -12,9 +12,8 @@ import torch
 
 import _harness as H
 from oneshot import cameras
-from oneshot.models.decoder import TriplaneDecoder
-from oneshot.models.volume import RenderSettings, VolumeRenderer
-from oneshot.ops._common import kernel_registered
+from oneshot.models import RenderSettings, TriplaneDecoder, VolumeRenderer
+from oneshot.ops import use_fused_render
 
 OP = "render (VolumeRenderer)"
 
@@ -36,11 +35,11 @@ def run(device: torch.device, quick: bool, results: list) -> None:
         cot = torch.randn(B, C, res, res, generator=g).to(device)
         params = [planes] + list(decoder.parameters())
         providers = [("composed", False)]
-        if kernel_registered("render_triplane", {"cpu": "CPU", "cuda": "CUDA"}.get(device.type, "")):
-            providers.append(("fused", "always"))
-        else:
-            print(f"  (no render_triplane kernel for {device.type} in this build: the fused renderer would fall back "
-                  f"to the composed ops, so only those are measured)")
+        try:
+            use_fused_render(True, device=device, dtype=planes.dtype, decoder=decoder)  # raises when it cannot run
+            providers.append(("fused", True))
+        except RuntimeError as e:
+            print(f"  (the fused renderer cannot run here, so only the composed ops are measured: {e})")
         for provider, fused in providers:
             r = VolumeRenderer(RenderSettings(samples=n, importance_samples=n, stratified=False, clip_to_box=True,
                                               fused=fused))

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .ops import check_resolution
+
 __all__ = [
     "FOCAL",
     "FOV_DEGREES",
@@ -186,19 +188,6 @@ def relative_cameras(source_camera, driving_cameras, reference_camera):
     return camera_label(c2w.to(src_c2w.dtype), src_k.expand(c2w.shape[0], 3, 3))
 
 
-def _resolution(resolution) -> tuple[int, int]:
-    if isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool):
-        pair = (int(resolution), int(resolution))
-    else:
-        try:
-            pair = tuple(int(v) for v in resolution)
-        except (TypeError, ValueError):
-            raise TypeError(f"resolution must be an int or an (H, W) pair, got {resolution!r}") from None
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"resolution must be >= 1 (an int or an (H, W) pair), got {resolution!r}")
-    return pair
-
-
 def rays(cam2world: Tensor, intr: Tensor, resolution) -> tuple[Tensor, Tensor]:
     """Ray origins and unit directions [B, H * W, 3] through the pixel centres, row-major.
 
@@ -209,7 +198,7 @@ def rays(cam2world: Tensor, intr: Tensor, resolution) -> tuple[Tensor, Tensor]:
         raise ValueError(f"cam2world must be [B, 4, 4], got {list(cam2world.shape)}")
     if intr.dim() == 2:
         intr = intr.expand(cam2world.shape[0], 3, 3)
-    H, W = _resolution(resolution)
+    H, W = check_resolution(resolution)
     dev, dt = cam2world.device, cam2world.dtype
     i = torch.arange(H, device=dev, dtype=dt)
     j = torch.arange(W, device=dev, dtype=dt)
@@ -226,7 +215,7 @@ def rays(cam2world: Tensor, intr: Tensor, resolution) -> tuple[Tensor, Tensor]:
 def project(points: Tensor, cam2world: Tensor, intr: Tensor, resolution) -> tuple[Tensor, Tensor]:
     """Pixel coordinates [B, N, 2] (x to the right, y down, pixel (i, j) centred at (j + 0.5, i + 0.5)) and
     view depths [B, N] of world points [B, N, 3]: the inverse of :func:`rays`."""
-    H, W = _resolution(resolution)
+    H, W = check_resolution(resolution)
     if intr.dim() == 2:
         intr = intr.expand(cam2world.shape[0], 3, 3)
     rot, t = cam2world[:, :3, :3], cam2world[:, :3, 3]

@@ -110,9 +110,9 @@ def num_threads(n: int):
 
 def has_native(op: str, device) -> bool:
     """Whether backend="native" can run `op` on `device` in this build."""
-    from oneshot.ops import _common
+    from oneshot.ops import _backend
 
-    return _common._has_native_kernel(op, torch.device(device))
+    return _backend.has_native_kernel(op, torch.device(device))
 
 
 def require_native(op: str, device) -> None:

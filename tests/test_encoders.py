@@ -1,4 +1,4 @@
-"""oneshot.models.encoders: SegFormer encoder + decode head, Embed2Plane, PlaneUpsampler.
+"""oneshot.models.segformer and .plane_heads: SegFormer encoder + decode head, Embed2Plane, PlaneUpsampler.
 
 Checks: state-dict keys and shapes against GOHA's checkpoint layout (shared/reference/goha_state_dict.tsv), the
 decode head against transformers' own SegformerForSemanticSegmentation with its BN/ReLU/dropout/classifier removed,
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from conftest import assert_close
-from oneshot.models.encoders import Embed2Plane, PlaneUpsampler, SegFormerEncoder
+from oneshot.models import Embed2Plane, PlaneUpsampler, SegFormerEncoder
 
 TSV = Path(__file__).parents[1].parent / "shared" / "reference" / "goha_state_dict.tsv"
 B0 = dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8],

@@ -1,9 +1,8 @@
 """render_triplane (tri-plane sampling + EG3D decoder + ray_march fused, recompute backward) against the composed
-reference, gradcheck, opcheck, what autograd keeps, determinism, errors, and the renderer's fused switch."""
+reference, gradcheck, opcheck, what autograd keeps, determinism, errors, and the renderer's fused switch (the
+setting itself: test_fused_render.py)."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
@@ -199,11 +198,3 @@ def test_volume_renderer_fused_switch_gives_the_composed_render(stratified):
             out.features.shape)).sum() + out.depth.sum() + out.opacity.sum()
         results.append(list(out) + list(torch.autograd.grad(loss, [planes] + list(dec.parameters()))))
     _compare(results[1], results[0], 1e-9, 1e-11, ("features", "depth", "opacity") + GRADS)
-
-
-def test_avatar_config_switch():
-    from oneshot.models import AvatarConfig
-
-    assert AvatarConfig.preset_config("paper").fused_render
-    cfg = dataclasses.replace(AvatarConfig.preset_config("paper"), fused_render=False)
-    assert not AvatarConfig.from_json(cfg.to_json()).fused_render

@@ -17,8 +17,9 @@ PKG = ROOT / "oneshot"
 #: (no imports between peers such as models and data), except the pairs in PEER_IMPORTS.
 LAYERS = [
     ["oneshot._extension", "oneshot._checkpoint", "oneshot._progress", "oneshot._resume", "oneshot.kernels",
-     "oneshot.cameras", "oneshot.imageio", "oneshot.video"],
+     "oneshot.imageio", "oneshot.video"],
     ["oneshot.ops"],
+    ["oneshot.cameras"],
     ["oneshot.face3d"],
     ["oneshot.models", "oneshot.data"],
     ["oneshot.train", "oneshot.eval"],

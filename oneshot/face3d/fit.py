@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import cameras
+from ..ops import check_resolution
 from .align import align_face, five_points, similarity_from_landmarks
 from .coeffs import Coeffs
 from .frame import BFM_WORLD_SCALE, CAMERA_DISTANCE, RECON_FOCAL
@@ -84,7 +85,7 @@ def fit_landmarks(model: MorphableModel, landmarks: Tensor, resolution, *, focal
                          f"{list(lm.shape) if isinstance(lm, Tensor) else type(lm).__name__}")
     if not torch.isfinite(lm).all():
         raise ValueError("landmarks must be finite")
-    H, W = cameras._resolution(resolution)
+    H, W = check_resolution(resolution)
     if H != W:
         raise ValueError(f"fit_landmarks needs a square image (one normalised focal length), got {H} x {W}")
     if not iterations >= 1:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import cameras
-from ..ops import rasterize_mesh
+from ..ops import check_resolution, rasterize_mesh
 from .coeffs import Coeffs
 from .model import REGIONS, MorphableModel
 
@@ -93,7 +93,7 @@ def render(model: MorphableModel, vertices: Tensor, camera: Tensor, resolution, 
         c2w, intr = c2w.expand(B, 4, 4), intr.expand(B, 3, 3)
     if c2w.shape[0] != B:
         raise ValueError(f"camera must be [25] or [B, 25] with B = {B}, got {list(camera.shape)}")
-    H, W = cameras._resolution(resolution)
+    H, W = check_resolution(resolution)
     c2w, intr = c2w.to(vertices), intr.to(vertices)
     uv, z = cameras.project(vertices, c2w, intr, (H, W))
     face_index, bary, depth = rasterize_mesh(torch.cat([uv, z[..., None]], -1), model.faces, (H, W))

@@ -11,8 +11,9 @@ from .avatar import STAGES, AnimateOutput, Avatar, OneShotAvatar
 from .config import LIFT_BASES, PRESETS, AvatarConfig
 from .convert import convert_goha_state_dict, load_goha_checkpoint
 from .decoder import EqualLinear, TriplaneDecoder
-from .encoders import (SEGFORMER_PRESETS, SUPPORTED_TRANSFORMERS, Embed2Plane, PlaneTemplate, PlaneUpsampler,
-                       SegFormerEncoder)
+from .plane_heads import Embed2Plane, PlaneTemplate, PlaneUpsampler
+from .segformer import SEGFORMER_PRESETS, SegFormerEncoder
+from .segformer_keys import SUPPORTED_TRANSFORMERS
 from .gfpgan import GFPGANv1Clean, SuperResolution, load_gfpgan_weights
 from .volume import RenderSettings, VolumeRenderer, VolumeRenderOutput, sample_pdf
 

@@ -36,9 +36,10 @@ from ..face3d import Coeffs, MorphableModel, frontal_render, load_model, neutral
 from ..ops import rasterize_points
 from .config import AvatarConfig
 from .decoder import TriplaneDecoder
-from .encoders import Embed2Plane, PlaneTemplate, PlaneUpsampler, SegFormerEncoder
 from .gfpgan import SuperResolution
-from .volume import RenderSettings, VolumeRenderer, VolumeRenderOutput
+from .plane_heads import Embed2Plane, PlaneTemplate, PlaneUpsampler
+from .segformer import SegFormerEncoder
+from .volume import VolumeRenderer, VolumeRenderOutput
 
 __all__ = ["OneShotAvatar", "Avatar", "AnimateOutput", "STAGES", "TRAINED_PARTS"]
 
@@ -122,11 +123,7 @@ class OneShotAvatar(nn.Module):
         self.appearance_encoder = SegFormerEncoder(6, config=c.encoder, pretrained=pretrained_encoder)
         self.appearance_upsampler = PlaneUpsampler(E, C, hidden=c.upsampler_hidden, shared_up=c.shared_up)
         self.decoder = TriplaneDecoder(C, c.decoder_hidden, C)
-        self.renderer = VolumeRenderer(RenderSettings(samples=c.samples, importance_samples=c.importance_samples,
-                                                      ray_start=c.ray_start, ray_end=c.ray_end, chunk=c.chunk,
-                                                      stratified=c.stratified, clip_to_box=c.clip_to_box,
-                                                      fused=c.fused_render),
-                                       backend=backend)
+        self.renderer = VolumeRenderer(c.render_settings(), backend=backend)
         self.super_resolution = SuperResolution(out_size=c.sr_out_size, narrow=c.sr_narrow,
                                                 channel_multiplier=c.sr_channel_multiplier,
                                                 num_style_feat=c.sr_style_feat, num_mlp=c.sr_num_mlp)

@@ -6,7 +6,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .encoders import SEGFORMER_PRESETS
+from .segformer import SEGFORMER_PRESETS
+from .volume import RenderSettings, check_fused
 
 __all__ = ["AvatarConfig", "PRESETS", "LIFT_BASES"]
 
@@ -53,14 +54,15 @@ class AvatarConfig:
     sr_style_feat: int = 512
     sr_num_mlp: int = 8  # GFPGAN's (unused) style MLP depth; kept for state-dict compatibility
     chunk: int | None = None  # rays per renderer pass (None: all)
-    fused_render: bool = True  # RenderSettings.fused: oneshot.ops.render_triplane (sample + decoder + composite
-    # fused, recompute backward): the same values, ~20x less memory and faster at the paper's size on CPU; off in
-    # "tiny" (32^2 renders, where the composed ops measured faster); GPU renders stay composed until the CUDA
-    # kernel is measured (RenderSettings.fused = "always" takes it)
+    fused: bool | None = RenderSettings.fused  # RenderSettings.fused, same meaning and default: the fused render op
+    # (sample + decoder + composite, recompute backward; the same values, ~20x less memory and 1.4x faster at the
+    # paper's size on CPU). None: automatic (oneshot.ops.use_fused_render; GPU renders stay composed until the CUDA
+    # kernel is measured); True: fused, or an error saying why not; False: composed. "tiny" sets False (measured).
     face_model: str | None = None  # fingerprint of the morphable model the avatar was built for
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        self.fused = check_fused(self.fused)
         if self.image_size % 8 or self.image_size < 32:
             raise ValueError(f"image_size must be a multiple of 8 and >= 32, got {self.image_size}")
         if self.lift_base not in LIFT_BASES:
@@ -88,23 +90,45 @@ class AvatarConfig:
     def raster_resolution(self) -> int:
         return self.image_size // 4
 
+    def render_settings(self) -> RenderSettings:
+        """The :class:`~oneshot.models.RenderSettings` of this avatar's renderer (samples, depth range, chunk,
+        stratified, clip_to_box, fused: the config's fields of the same names)."""
+        return RenderSettings(samples=self.samples, importance_samples=self.importance_samples,
+                              ray_start=self.ray_start, ray_end=self.ray_end, chunk=self.chunk,
+                              stratified=self.stratified, clip_to_box=self.clip_to_box, fused=self.fused)
+
     @classmethod
     def preset_config(cls, name: str, **overrides) -> AvatarConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], "preset": name, **overrides})
+        return cls(**{**PRESETS[name], "preset": name, **_renamed(overrides)})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> AvatarConfig:
-        data = json.loads(text)
+        data = _renamed(json.loads(text))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"avatar config: unknown fields {unknown} (written by a newer oneshot?)")
         return cls(**data)
+
+
+def _renamed(fields: dict) -> dict:
+    """Config fields with old names under today's: ``fused_render`` (configs and checkpoints written before
+    ``fused``) -> ``fused``: its True meant "fused where it measured faster", today's None (automatic); its "always"
+    is today's True; False stays False."""
+    if "fused_render" not in fields:
+        return fields
+    fields = dict(fields)
+    old = fields.pop("fused_render")
+    if fields.get("fused") is not None:
+        raise ValueError(f"give fused (fused_render is its old name), not both: got fused={fields['fused']!r}, "
+                         f"fused_render={old!r}")
+    fields["fused"] = None if old is True else check_fused(old, "fused_render")
+    return fields
 
 
 PRESETS: dict[str, dict] = {
@@ -114,7 +138,9 @@ PRESETS: dict[str, dict] = {
     # its IDUpsampler's up_xy on all three appearance planes.
     "goha-release": dict(render_resolution=224, lift_base="canonical+expression", shared_up=True),
     # Small enough for one training step in about a second on a 2-core CPU (tests, smoke runs, the demo).
-    "tiny": dict(image_size=128, plane_channels=16, encoder="mit-tiny", template_planes=True, fused_render=False,
+    # fused=False: at this size the composed ops measured faster than the fused op on a 2-core CPU (0.8x
+    # forward+backward, benchmarks/results/render_cpu.md, "tiny" rows), the automatic choice being size-blind.
+    "tiny": dict(image_size=128, plane_channels=16, encoder="mit-tiny", template_planes=True, fused=False,
                  clip_to_box=True, embed_hidden=(64, 32), upsampler_hidden=32, decoder_hidden=32,
                  render_resolution=32, lift_resolution=32, samples=16, importance_samples=16, face_render_size=128,
                  mask_dilation=3, erosion=3, sr_out_size=128, sr_narrow=0.25, sr_channel_multiplier=1,

@@ -24,8 +24,12 @@ class EqualLinear(nn.Module):
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
+    def effective_weights(self) -> tuple[Tensor, Tensor]:
+        """(weight [out, in], bias [out]) as applied: the stored ones times their gains (differentiable)."""
+        return self.weight * self.weight_gain, self.bias * self.bias_gain
+
+    def forward(self, x: Tensor) -> Tensor:  # [..., in] -> [..., out]
+        return F.linear(x, *self.effective_weights())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weight_gain={self.weight_gain:.4g}"
@@ -36,7 +40,8 @@ class TriplaneDecoder(nn.Module):
     -> FC 1 + out_channels; returns (sigma [...] raw, features [..., out_channels] = sigmoid * 1.002 - 0.001).
 
     Keys ``net.0.*`` and ``net.2.*`` as in EG3D/GOHA (``decoder.net.0.weight`` [64, 32], ...). Ray directions
-    are not used (as in EG3D).
+    are not used (as in EG3D). :meth:`effective_weights` makes it a :class:`oneshot.ops.FusableDecoder`: the fused
+    renderer (``oneshot.ops.render_triplane``) evaluates it inside its kernel.
     """
 
     def __init__(self, in_channels: int = 32, hidden: int = 64, out_channels: int = 32, lr_multiplier: float = 1.0):
@@ -45,7 +50,13 @@ class TriplaneDecoder(nn.Module):
         self.net = nn.Sequential(EqualLinear(in_channels, hidden, lr_multiplier=lr_multiplier), nn.Softplus(),
                                  EqualLinear(hidden, 1 + out_channels, lr_multiplier=lr_multiplier))
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+    def effective_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(w1 [hidden, in_channels], b1 [hidden], w2 [1 + out_channels, hidden], b2 [1 + out_channels]): the weights
+        the forward applies, equalized-lr gains included, differentiable w.r.t. the parameters (the
+        :class:`oneshot.ops.FusableDecoder` protocol that ``oneshot.ops.decoder_weights`` reads)."""
+        return (*self.net[0].effective_weights(), *self.net[2].effective_weights())
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:  # [..., C] -> sigma [...], features [..., Co]
         if features.shape[-1] != self.in_channels:
             raise ValueError(f"features must be [..., {self.in_channels}], got {list(features.shape)}")
         out = self.net(features)

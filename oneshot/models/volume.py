@@ -1,4 +1,6 @@
-"""EG3D's importance-sampling volume renderer on oneshot's ops (``triplane_sample``, ``ray_march``)."""
+"""EG3D's importance-sampling volume renderer on oneshot's ops: ``triplane_sample`` -> decoder -> ``ray_march``
+(composed), or ``render_triplane`` (the three fused), as ``RenderSettings.fused`` and ``oneshot.ops.use_fused_render``
+decide."""
 
 from __future__ import annotations
 
@@ -10,9 +12,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import cameras
-from ..ops import PLANE_AXES_GOHA, decoder_weights, ray_march, render_triplane, triplane_sample
+from ..ops import (PLANE_AXES_GOHA, channels_last, check_resolution, decoder_weights, ray_march, render_triplane,
+                   triplane_sample, use_fused_render)
 
-__all__ = ["VolumeRenderer", "VolumeRenderOutput", "RenderSettings", "sample_pdf"]
+__all__ = ["VolumeRenderer", "VolumeRenderOutput", "RenderSettings", "sample_pdf", "check_fused"]
+
+
+def check_fused(fused, name: str = "fused") -> bool | None:
+    """The ``fused`` setting as None (automatic), True or False; "always", its old spelling of True, is taken as
+    True (settings and configs written before it became a bool load unchanged)."""
+    if isinstance(fused, str) and fused == "always":
+        return True
+    if fused is None or isinstance(fused, bool):
+        return fused
+    raise ValueError(f"{name} must be None (automatic), True (fused) or False (composed), got {fused!r}")
 
 
 @dataclass(frozen=True)
@@ -31,10 +44,11 @@ class RenderSettings:
     # evenly spaced depths and u (EG3D's det=True): a fully deterministic render, e.g. flicker-free video
     clip_to_box: bool = False  # no density outside the planes' box (EG3D: the decoder's output for zero features,
     # which shows as grey floaters at the sides of large-yaw views of briefly trained models)
-    fused: bool | str = False  # sample + decoder + composite in one op (oneshot.ops.render_triplane): the same
-    # values, and autograd keeps none of the per-sample tensors (the backward recomputes them); needs a
-    # TriplaneDecoder. True: on the devices where it measured faster (the CPU; the CUDA kernel is unmeasured), "always":
-    # wherever a kernel exists
+    fused: bool | None = None  # sample + decoder + composite in one op (oneshot.ops.render_triplane): the same
+    # values, and autograd keeps none of the per-sample tensors (the backward recomputes them). None: automatic
+    # (oneshot.ops.use_fused_render: fused with EG3D's decoder and a native kernel for the planes' device and dtype,
+    # on the devices where it measured faster, i.e. the CPU; the CUDA kernel is not measured yet); True: fused, or an
+    # error saying why it cannot run; False: the composed ops (triplane_sample -> decoder -> ray_march)
 
     def __post_init__(self):
         if self.samples < 2 or self.importance_samples < 0:
@@ -44,8 +58,7 @@ class RenderSettings:
             raise ValueError(f"need 0 <= ray_start < ray_end, got {self.ray_start}, {self.ray_end}")
         if self.chunk is not None and self.chunk < 1:
             raise ValueError(f"chunk must be None or >= 1, got {self.chunk}")
-        if self.fused not in (False, True, "always"):
-            raise ValueError(f"fused must be False, True or 'always', got {self.fused!r}")
+        object.__setattr__(self, "fused", check_fused(self.fused))
 
 
 class VolumeRenderOutput(NamedTuple):
@@ -91,9 +104,14 @@ class VolumeRenderer(nn.Module):
     from its weights (max-pool 2, avg-pool 2, + 0.01, inverse CDF over the coarse intervals' midpoints), merged
     and sorted with the coarse ones, and the final composite (``ray_march``, midpoint rule, softplus(sigma - 1)).
 
-    forward(planes [B, 3, C, Hp, Wp], decoder, cam2world [B, 4, 4], intrinsics [B, 3, 3], resolution) or
+    forward(planes [B, 3, C, Hp, Wp], decoder, camera labels [B, 25] (or [25]), resolution) or
     :meth:`render_rays` for explicit rays. Pass a ``torch.Generator`` for reproducible jitter and importance
     samples (the deterministic mode for tests and evaluation); without one, the global RNG is used, as in EG3D.
+
+    Each pass is either composed (``triplane_sample``, the decoder module, ``ray_march``) or fused
+    (``render_triplane`` with the decoder's ``effective_weights()``): :func:`oneshot.ops.use_fused_render` decides
+    from ``settings.fused``, the planes' device and dtype, the decoder and `backend` (the backend every op call
+    gets).
     """
 
     def __init__(self, settings: RenderSettings | None = None, *, backend: str | None = None):
@@ -111,7 +129,7 @@ class VolumeRenderer(nn.Module):
         if c2w.shape[0] != B:
             raise ValueError(f"camera must be [25] or [B, 25] with B = {B} (the planes' batch), got "
                              f"{list(camera.shape)}")
-        H, W = cameras._resolution(resolution)
+        H, W = check_resolution(resolution)
         origins, dirs = cameras.rays(c2w.to(planes.device, torch.float32), intr.to(planes.device, torch.float32),
                                      (H, W))
         feats, depth, opacity = self.render_rays(planes, decoder, origins, dirs, generator=generator)
@@ -169,27 +187,11 @@ class VolumeRenderer(nn.Module):
             out[r0:r1] = torch.sort(torch.cat([zc, fine], -1), -1).values if merge else fine
         return out.reshape(B, R, -1)
 
-    def _fused_ok(self, planes, decoder) -> bool:
-        """Whether this render takes the fused op: switched on, EG3D's decoder, float32 / float64 planes, and a
-        native render_triplane kernel for the device; on CUDA only with fused="always" (the kernel is tested in the
-        CPU emulator but not measured on a GPU yet)."""
-        from ..ops._common import kernel_registered
-        from .decoder import TriplaneDecoder
-
-        key = {"cpu": "CPU", "cuda": "CUDA"}.get(planes.device.type)
-        if key == "CUDA" and self.settings.fused != "always":  # not measured on a GPU yet
-            return False
-        return (bool(self.settings.fused) and isinstance(decoder, TriplaneDecoder)
-                and planes.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-                and self.backend in (None, "auto", "native")
-                and key is not None and kernel_registered("render_triplane", key))
-
     def _render_fused(self, planes, decoder, origins, dirs, depths, generator):
         s = self.settings
-        if planes.stride(2) != 1 and planes.shape[2] > 1:
-            # the kernel reads C contiguous channels per tap: one channels-last copy for the whole render (the
-            # coarse pass, the final pass and its backward), not one per call
-            planes = planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        # the kernel reads C contiguous channels per tap: one channels-last copy for the whole render (the coarse
+        # pass, the final pass and its backward), not one per call
+        planes = channels_last(planes)
         w = decoder_weights(decoder)
         kw = dict(box_warp=s.box_warp, axes=s.axes, clip_to_box=s.clip_to_box, density_bias=s.density_bias,
                   backend=self.backend)
@@ -210,7 +212,7 @@ class VolumeRenderer(nn.Module):
         depths = base.expand(B, R, n)
         if s.stratified:
             depths = depths + _rand((B, R, n), generator, base) * ((s.ray_end - s.ray_start) / (n - 1))
-        if self._fused_ok(planes, decoder):
+        if use_fused_render(s.fused, device=planes.device, dtype=planes.dtype, decoder=decoder, backend=self.backend):
             return self._render_fused(planes, decoder, origins, dirs, depths.contiguous(), generator)
         colors, sigma = self._sample(planes, decoder, origins, dirs, depths)
         if s.importance_samples > 0:

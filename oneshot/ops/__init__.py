@@ -3,7 +3,8 @@ the decoder MLP), ``rasterize_points``, ``rasterize_mesh``.
 
 Every op has a pure-PyTorch reference (:mod:`oneshot.ops.reference`), native C++ (CPU) kernels registered
 as ``torch.ops.oneshot.<op>`` (with fake kernels and autograd, so ``torch.compile`` and ``opcheck`` work),
-and picks the fastest available implementation unless ``backend=`` forces one.
+and picks the fastest available implementation unless ``backend=`` forces one (the choice, and whether a volume
+render takes the fused op, is made in one place: :func:`use_fused_render` and the private ``_backend`` module).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
-from . import _triton, reference
-from ._common import BACKENDS, PLANE_AXES_EG3D, PLANE_AXES_GOHA
+from . import reference
+from ._backend import BACKENDS, FUSED_AUTO_DEVICES, triton_available, use_fused_render
+from ._common import PLANE_AXES_EG3D, PLANE_AXES_GOHA, check_resolution
 from .mesh import rasterize_mesh
 from .raster import rasterize_points
 from .raymarch import RayMarchResult, ray_march
-from .render import RenderTriplaneResult, decoder_weights, reference_render_triplane, render_triplane
-from .triplane import triplane_sample
+from .render import (FusableDecoder, RenderTriplaneResult, decoder_weights, reference_render_triplane,
+                     render_triplane)
+from .triplane import channels_last, triplane_sample
 
 __all__ = [
     "triplane_sample",
@@ -26,7 +29,12 @@ __all__ = [
     "render_triplane",
     "RenderTriplaneResult",
     "decoder_weights",
+    "FusableDecoder",
     "reference_render_triplane",
+    "use_fused_render",
+    "FUSED_AUTO_DEVICES",
+    "channels_last",
+    "check_resolution",
     "rasterize_points",
     "rasterize_mesh",
     "PLANE_AXES_GOHA",
@@ -44,8 +52,7 @@ def backend_info() -> dict:
     return {
         "native_cpu": st.loaded,
         "native_cuda": st.loaded and st.with_cuda,
-        "triton": _triton.available(torch.device("cuda")) if torch.cuda.is_available() else _triton.available(
-            torch.device("cpu")),
+        "triton": triton_available(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "extension_source": st.source,
         "extension_built_against_torch": st.built_torch,
         "extension_error": st.error,
@@ -62,6 +69,4 @@ def empty_cpu_cache() -> int:
     """
     if not _extension.status().loaded:
         return 0
-    import torch
-
     return int(torch.ops.oneshot._empty_cpu_cache())

@@ -1,4 +1,4 @@
-"""Argument checks and backend selection shared by the public ops."""
+"""Constants and argument checks shared by the public ops (no backend choice here: that is :mod:`._backend`)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .. import _extension
-
 PLANE_AXES_GOHA = ((0, 1), (0, 2), (2, 1))  # xy, xz, zy: the released GOHA code's planes (the default)
 PLANE_AXES_EG3D = ((0, 1), (0, 2), (2, 0))  # xy, xz, zx: EG3D's original order
 
-BACKENDS = (None, "auto", "reference", "native", "triton")
-# dtypes of the "value" tensor (planes, colors, features) the native kernels take, per device type. On CPU the
-# geometry (points, densities, depths) has the same dtype; on CUDA 16-bit values come with float32 geometry.
-NATIVE_DTYPES = {
-    "cpu": (torch.float32, torch.float64),
-    "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-}
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: The density that ``clip_to_box`` gives samples outside the box (softplus(-1e4) == 0: empty space).
+OUTSIDE_DENSITY = -1e4
 
 
 def shape_of(t: Tensor) -> list[int]:
@@ -60,36 +53,6 @@ def autocast_geometry(device_type: str, *geoms: Tensor) -> tuple[Tensor, ...]:
     if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return geoms
     return tuple(t.float() if t.dtype in LOW_PRECISION else t for t in geoms)
-
-
-_AUTOCAST_LIB = None
-
-
-def register_geometry_autocast(name: str, positions: Sequence[int]) -> None:
-    """Autocast rule of ``torch.ops.oneshot.<name>`` (for direct calls; the public functions do the same via
-    :func:`autocast_geometry`): the float16 / bfloat16 tensors at `positions` become float32, the rest is left
-    alone, then the op runs with autocast off. torch.library.register_autocast would cast every input."""
-    global _AUTOCAST_LIB
-    if _AUTOCAST_LIB is None:
-        _AUTOCAST_LIB = torch.library.Library("oneshot", "IMPL")
-    op = getattr(torch.ops.oneshot, name).default
-    for device_type in ("cpu", "cuda"):
-        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
-        key = getattr(torch._C.DispatchKey, key_name)
-
-        def impl(*args, _key=key):
-            args = list(args)
-            for i in positions:
-                t = args[i]
-                if isinstance(t, Tensor) and t.dtype in LOW_PRECISION:
-                    args[i] = t.float()
-            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
-                return op(*args)
-
-        if op.has_kernel_for_dispatch_key(key):
-            op.py_kernels.pop(key, None)
-        op.py_impl(key)(impl)  # the Python dispatcher (torch.compile) goes through this one
-        _AUTOCAST_LIB.impl(name, lambda keyset, *args, _impl=impl: _impl(*args), key_name, with_keyset=True)
 
 
 def check_batch(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
@@ -132,89 +95,20 @@ def axes_pairs(flat: Sequence[int]) -> tuple[tuple[int, int], ...]:
     return tuple((flat[2 * p], flat[2 * p + 1]) for p in range(3))
 
 
-NATIVE_OPS = ("triplane_sample", "triplane_sample_backward", "ray_march", "ray_march_backward", "render_triplane",
-              "render_triplane_backward", "rasterize_points", "rasterize_points_backward", "rasterize_mesh")
-
-
-def _registered(op: str, key: str) -> bool:
-    try:
-        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"oneshot::{op}", key))
-    except RuntimeError:  # no such op
-        return False
-
-
-# Facts about the loaded build, taken once at import: a plain frozenset, so torch.compile reads it as a
-# constant (it cannot trace the dispatcher query itself).
-_KERNELS = frozenset(
-    (op, key) for op in NATIVE_OPS for key in ("CPU", "CUDA") if _extension.status().loaded and _registered(op, key)
-)
-
-
-def kernel_registered(op: str, key: str) -> bool:
-    """Whether ``oneshot::<op>`` has a kernel for dispatch key `key` ("CPU", "CUDA") in the loaded extension."""
-    return (op, key) in _KERNELS
-
-
-def op_exists(op: str) -> bool:
-    """Whether the loaded extension defines ``oneshot::<op>`` (an older build of the same torch may not)."""
-    return kernel_registered(op, "CPU")
-
-
-def _has_native_kernel(op: str, device: torch.device) -> bool:
-    if not _extension.status().loaded:
-        return False
-    if device.type in ("cpu", "meta"):
-        return op_exists(op)
-    key = {"cuda": "CUDA"}.get(device.type)
-    return key is not None and kernel_registered(op, key)
-
-
-def resolve_backend(backend, op: str, device: torch.device, dtype: torch.dtype, geom_dtype: torch.dtype | None = None) -> str:
-    """The implementation to run: "reference", "native" or "triton".
-
-    `dtype` is the value tensor's dtype, `geom_dtype` the geometry's (default: the same). None / "auto": the
-    fastest available for the device and dtypes (native where it exists; Triton is never picked automatically
-    until GPU benchmarks show it ahead of the CUDA kernels for an op). A forced backend that cannot run raises a RuntimeError
-    (unavailable) or TypeError (unsupported dtype) saying why.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    geom_dtype = dtype if geom_dtype is None else geom_dtype
-    kind = "cpu" if device.type == "meta" else device.type
-    native_dtypes = NATIVE_DTYPES.get(kind, ())
-    # The CPU kernels take one dtype for the whole call; on CUDA check_dtypes has vetted the pair.
-    dtypes_ok = dtype in native_dtypes and (kind != "cpu" or geom_dtype == dtype)
-    if backend in (None, "auto"):
-        if dtypes_ok and _has_native_kernel(op, device):
-            return "native"
-        return "reference"
-    if backend == "reference":
-        return "reference"
-    if backend == "native":
-        st = _extension.status()
-        if not st.loaded:
-            raise RuntimeError(f"backend='native' is unavailable: {st.error}")
-        if not _has_native_kernel(op, device):
-            raise RuntimeError(
-                f"backend='native' has no {device.type} kernel for {op} in this build"
-                + (" (built without CUDA: rebuild with FORCE_CUDA=1 and nvcc)" if device.type == "cuda" else "")
-            )
-        if not dtypes_ok:
-            names = ", ".join(str(d).replace("torch.", "") for d in native_dtypes)
-            got = str(dtype) if geom_dtype == dtype else f"{dtype} with {geom_dtype} geometry"
-            raise TypeError(f"backend='native' supports {names} on {device.type} for {op}, got {got}")
-        return "native"
-    # backend == "triton"
-    from . import _triton
-
-    why = _triton.unavailable_reason(device)
-    if why is not None:
-        raise RuntimeError(f"backend='triton' is unavailable for {op}: {why}")
-    if dtype not in _triton.TRITON_DTYPES or geom_dtype != torch.float32:
-        got = str(dtype) if geom_dtype == dtype else f"{dtype} with {geom_dtype} geometry"
-        raise TypeError(
-            f"backend='triton' supports float32, and float16 / bfloat16 values with float32 geometry, for {op} "
-            f"(no float64: use backend='native' or 'reference'), got {got}"
-        )
-    _triton.ensure_registered()
-    return "triton"
+def check_resolution(resolution) -> tuple[int, int]:
+    """(H, W) from an int (H = W) or an (H, W) pair of ints >= 1; a TypeError / ValueError naming the argument
+    and what arrived otherwise (a float, a bool, one number in a tuple, a string)."""
+    msg = f"resolution must be an int or an (H, W) pair of ints >= 1, got {resolution!r}"
+    if isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool):
+        pair = (int(resolution), int(resolution))
+    else:
+        try:
+            pair = tuple(resolution)
+        except TypeError:
+            raise TypeError(msg) from None
+        if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in pair):
+            raise TypeError(msg)
+        pair = (int(pair[0]), int(pair[1]))
+    if pair[0] < 1 or pair[1] < 1:
+        raise ValueError(msg)
+    return pair

@@ -7,8 +7,8 @@ from torch import Tensor
 
 from .. import _extension
 from . import reference
-from ._common import check_tensor, op_exists, resolve_backend, shape_of
-from .raster import _resolution
+from ._backend import op_exists, resolve_backend
+from ._common import check_resolution, check_tensor, shape_of
 
 __all__ = ["rasterize_mesh"]
 
@@ -52,11 +52,8 @@ def rasterize_mesh(vertices: Tensor, faces: Tensor, resolution, *, backend: str 
         lo, hi = int(faces.min()), int(faces.max())
         if lo < 0 or hi >= vertices.shape[1]:
             raise ValueError(f"faces must index vertices 0 .. {vertices.shape[1] - 1}, got indices {lo} .. {hi}")
-    H, W = _resolution(resolution)
+    H, W = check_resolution(resolution)
     vertices = vertices.detach()  # no gradient through coverage
-    if backend == "triton":
-        raise RuntimeError("backend='triton' is unavailable for rasterize_mesh: it has reference and native "
-                           "(CPU) implementations")
     impl = resolve_backend(backend, "rasterize_mesh", vertices.device, vertices.dtype)
     if impl == "reference":
         return reference.rasterize_mesh(vertices, faces, (H, W))

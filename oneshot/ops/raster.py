@@ -3,44 +3,29 @@
 from __future__ import annotations
 
 import numbers
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import _extension
 from . import reference
+from ._backend import resolve_backend
 from ._common import (
     PLANE_AXES_GOHA,
+    autocast_geometry,
     axes_pairs,
     check_axes,
     check_batch,
     check_box_warp,
-    autocast_geometry,
     check_dtypes,
+    check_resolution,
     check_tensor,
-    register_geometry_autocast,
-    resolve_backend,
     shape_of,
 )
+from ._registry import once, register_geometry_autocast
 
 __all__ = ["rasterize_points"]
-
-
-def _resolution(resolution) -> tuple[int, int]:
-    msg = f"resolution must be an int or an (H, W) pair of ints >= 1, got {resolution!r}"
-    if isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool):
-        pair = (int(resolution), int(resolution))
-    else:
-        try:
-            pair = tuple(resolution)
-        except TypeError:
-            raise TypeError(msg) from None
-        if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in pair):
-            raise TypeError(msg)
-        pair = (int(pair[0]), int(pair[1]))
-    if pair[0] < 1 or pair[1] < 1:
-        raise ValueError(msg)
-    return pair
 
 
 def rasterize_points(
@@ -92,7 +77,7 @@ def rasterize_points(
         raise ValueError(f"features must be [B, N, C] with the N of points ({points.shape[1]}), got {shape_of(features)}")
     (points,) = autocast_geometry(features.device.type, points)
     check_dtypes("features", features, ("points",), (points,))
-    H, W = _resolution(resolution)
+    H, W = check_resolution(resolution)
     box_warp = check_box_warp(box_warp)
     flat_axes = check_axes(axes)
     if valid is not None:
@@ -116,6 +101,8 @@ def rasterize_points(
         return reference.rasterize_points(
             points, features, (H, W), box_warp, axes_pairs(flat_axes), valid, max_distance, align_corners
         )
+    if impl == "triton":
+        _register_triton()
     op = torch.ops.oneshot.rasterize_points_triton if impl == "triton" else torch.ops.oneshot.rasterize_points
     planes, index = op(points, features, H, W, box_warp, flat_axes, valid, max_distance, align_corners)
     return planes, index
@@ -153,6 +140,27 @@ def _register() -> None:
 
     register_autograd("rasterize_points", "rasterize_points_backward")
     register_geometry_autocast("rasterize_points", (0,))
+
+
+@once
+def _register_triton() -> None:
+    """``oneshot::rasterize_points_triton`` and its backward (Triton kernels of :mod:`oneshot.kernels.raster`)."""
+    from ..kernels import raster as kernels
+
+    @torch.library.triton_op("oneshot::rasterize_points_triton", mutates_args=())
+    def rasterize_points_triton(points: Tensor, features: Tensor, height: int, width: int, box_warp: float,
+                                axes: list[int], valid: Optional[Tensor], max_distance: Optional[float],
+                                align_corners: bool) -> tuple[Tensor, Tensor]:
+        return kernels.rasterize_forward(points.contiguous(), features.contiguous(), height, width, box_warp, axes,
+                                         None if valid is None else valid.contiguous(), max_distance,
+                                         align_corners)
+
+    @torch.library.triton_op("oneshot::rasterize_points_backward_triton", mutates_args=())
+    def rasterize_points_backward_triton(grad_planes: Tensor, index: Tensor, num_points: int) -> Tensor:
+        return kernels.rasterize_backward(grad_planes.contiguous(), index.contiguous(), num_points)
+
+    register_autograd("rasterize_points_triton", "rasterize_points_backward_triton")
+    register_geometry_autocast("rasterize_points_triton", (0,))
 
 
 if _extension.status().loaded:

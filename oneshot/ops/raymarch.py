@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from .. import _extension
 from . import reference
-from ._common import (
-    autocast_geometry,
-    check_dtypes,
-    check_tensor,
-    register_geometry_autocast,
-    resolve_backend,
-    shape_of,
-)
+from ._backend import resolve_backend
+from ._common import autocast_geometry, check_dtypes, check_tensor, shape_of
+from ._registry import once, register_geometry_autocast
 
 __all__ = ["ray_march", "RayMarchResult"]
 
@@ -79,6 +74,8 @@ def ray_march(
     impl = resolve_backend(backend, "ray_march", colors.device, colors.dtype, densities.dtype)
     if impl == "reference":
         return RayMarchResult(*reference.ray_march(colors, densities, depths, density_bias, white_background))
+    if impl == "triton":
+        _register_triton()
     op = torch.ops.oneshot.ray_march_triton if impl == "triton" else torch.ops.oneshot.ray_march
     return RayMarchResult(*op(colors, densities, depths, density_bias, white_background))
 
@@ -117,6 +114,38 @@ def _register() -> None:
 
     register_autograd("ray_march", "ray_march_backward")
     register_geometry_autocast("ray_march", (1, 2))
+
+
+@once
+def _register_triton() -> None:
+    """``oneshot::ray_march_triton`` and its backward (Triton kernels of :mod:`oneshot.kernels.raymarch`)."""
+    from ..kernels import raymarch as kernels
+
+    @torch.library.triton_op("oneshot::ray_march_triton", mutates_args=())
+    def ray_march_triton(colors: Tensor, densities: Tensor, depths: Tensor, density_bias: float,
+                         white_background: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        lead, S, C = densities.shape[:-1], densities.shape[-1], colors.shape[-1]
+        feat, depth, opacity, weights = kernels.ray_march_forward(
+            colors.reshape(-1, S, C).contiguous(), densities.reshape(-1, S).contiguous(),
+            depths.reshape(-1, S).contiguous(), density_bias, white_background)
+        return (feat.reshape(*lead, C), depth.reshape(lead), opacity.reshape(lead),
+                weights.reshape(*lead, S - 1))
+
+    @torch.library.triton_op("oneshot::ray_march_backward_triton", mutates_args=())
+    def ray_march_backward_triton(grad_features: Optional[Tensor], grad_depth: Optional[Tensor],
+                                  grad_opacity: Optional[Tensor], grad_weights: Optional[Tensor], colors: Tensor,
+                                  densities: Tensor, depths: Tensor, density_bias: float,
+                                  white_background: bool) -> tuple[Tensor, Tensor]:
+        S, C = densities.shape[-1], colors.shape[-1]
+        flat = lambda g, *tail: None if g is None else g.reshape(-1, *tail).contiguous()  # noqa: E731
+        gc, gs = kernels.ray_march_backward(
+            flat(grad_features, C), flat(grad_depth), flat(grad_opacity), flat(grad_weights, S - 1),
+            colors.reshape(-1, S, C).contiguous(), densities.reshape(-1, S).contiguous(),
+            depths.reshape(-1, S).contiguous(), density_bias, white_background)
+        return gc.reshape(colors.shape), gs.reshape(densities.shape)
+
+    register_autograd("ray_march_triton", "ray_march_backward_triton")
+    register_geometry_autocast("ray_march_triton", (1, 2))
 
 
 if _extension.status().loaded:

@@ -2,8 +2,9 @@
 
 Written the way the anchor code bases do it, so benchmark ratios against them mean something:
 ``triplane_sample`` on ``grid_sample`` (EG3D), ``ray_march`` as EG3D's vectorised MipRayMarcher2 (cumprod over
-samples), ``rasterize_points`` as distance + argmin (the released GOHA code), but in chunks so that no dense
-cells x points matrix larger than ``RASTER_CHUNK_ELEMENTS`` is ever built.
+samples), ``render_triplane`` as the two composed around EG3D's decoder MLP (autograd keeping every intermediate),
+``rasterize_points`` as distance + argmin (the released GOHA code), but in chunks so that no dense cells x points
+matrix larger than ``RASTER_CHUNK_ELEMENTS`` is ever built, and ``rasterize_mesh`` as vectorised edge functions.
 
 These functions do not check their arguments: call them through :mod:`oneshot.ops` with
 ``backend="reference"`` unless the inputs are known to be well formed.
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["triplane_sample", "ray_march", "rasterize_points", "rasterize_mesh", "cell_centres",
+from ._common import OUTSIDE_DENSITY, PLANE_AXES_GOHA
+
+__all__ = ["triplane_sample", "ray_march", "render_triplane", "rasterize_points", "rasterize_mesh", "cell_centres",
            "RASTER_CHUNK_ELEMENTS"]
 
 #: Largest [cells, points] distance block built at once by :func:`rasterize_points` (64 Mi elements).
@@ -32,7 +35,7 @@ def triplane_sample(
     planes: Tensor,  # [B, 3, C, H, W]
     points: Tensor,  # [B, M, 3]
     box_warp: float = 1.0,
-    axes=((0, 1), (0, 2), (2, 1)),
+    axes=PLANE_AXES_GOHA,
     reduce: str = "mean",
 ) -> Tensor:  # [B, M, C] ("mean", "sum") or [B, 3, M, C] ("none")
     B, _, C, H, W = planes.shape
@@ -89,6 +92,37 @@ def ray_march(
     return features.to(out_dtype), depth, opacity, weights
 
 
+def render_triplane(
+    planes: Tensor,  # [B, 3, C, H, W]
+    origins: Tensor,  # [B, R, 3]
+    directions: Tensor,  # [B, R, 3]
+    depths: Tensor,  # [B, R, S]
+    w1: Tensor,  # [hidden, C]
+    b1: Tensor,  # [hidden]
+    w2: Tensor,  # [1 + Co, hidden]
+    b2: Tensor,  # [1 + Co]
+    box_warp: float = 1.0,
+    axes=PLANE_AXES_GOHA,
+    clip_to_box: bool = False,
+    density_bias: float = -1.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # features [B, R, Co], depth [B, R], opacity [B, R], weights [B, R, S-1]
+    """The fused op's contract composed: points o + t d -> :func:`triplane_sample` ("mean") -> linear / softplus /
+    linear -> sigma = y_0 (OUTSIDE_DENSITY outside the box with `clip_to_box`), colour = sigmoid(y_1..) * 1.002 -
+    0.001 -> :func:`ray_march`. 16-bit planes are sampled in float32."""
+    B, R, S = depths.shape
+    pts = (origins[:, :, None] + depths[..., None] * directions[:, :, None]).reshape(B, R * S, 3)
+    if planes.dtype != pts.dtype:  # 16-bit planes: sampled in float32
+        planes = planes.to(pts.dtype)
+    feats = triplane_sample(planes, pts, box_warp, axes, "mean")
+    y = F.linear(F.softplus(F.linear(feats, w1, b1)), w2, b2)
+    sigma = y[..., 0]
+    color = torch.sigmoid(y[..., 1:]) * (1 + 2 * 0.001) - 0.001
+    if clip_to_box:
+        inside = pts.abs().amax(-1) <= box_warp / 2
+        sigma = torch.where(inside, sigma, sigma.new_tensor(OUTSIDE_DENSITY))
+    return ray_march(color.reshape(B, R, S, -1), sigma.reshape(B, R, S), depths, float(density_bias), False)
+
+
 def cell_centres(n: int, align_corners: bool, dtype: torch.dtype, device=None) -> Tensor:
     """Centres of n cells along one axis in normalised coordinates, in the pinned arithmetic of the contract.
 
@@ -107,7 +141,7 @@ def rasterize_points(
     features: Tensor,  # [B, N, C]
     resolution: tuple[int, int],
     box_warp: float = 1.0,
-    axes=((0, 1), (0, 2), (2, 1)),
+    axes=PLANE_AXES_GOHA,
     valid: Tensor | None = None,  # [B, N] bool
     max_distance: float | None = None,
     align_corners: bool = False,

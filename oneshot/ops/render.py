@@ -8,27 +8,19 @@ keeps the [R, S, C] features, the [R, S, hidden] activations and the [R, S, 1 + 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _extension
 from . import reference
-from ._common import (
-    PLANE_AXES_GOHA,
-    axes_pairs,
-    check_axes,
-    check_box_warp,
-    check_tensor,
-    resolve_backend,
-    shape_of,
-)
+from ._backend import op_exists, resolve_backend
+from ._common import PLANE_AXES_GOHA, axes_pairs, check_axes, check_box_warp, check_tensor, shape_of
+from ._registry import once
 
-__all__ = ["render_triplane", "RenderTriplaneResult", "reference_render_triplane", "decoder_weights"]
-
-OUTSIDE_DENSITY = -1e4
+__all__ = ["render_triplane", "RenderTriplaneResult", "reference_render_triplane", "decoder_weights",
+           "FusableDecoder"]
 
 
 class RenderTriplaneResult(NamedTuple):
@@ -38,31 +30,46 @@ class RenderTriplaneResult(NamedTuple):
     weights: Tensor  # [B, R, S-1] compositing weights (the importance sampler's input)
 
 
-def decoder_weights(decoder) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(w1 [hidden, C], b1 [hidden], w2 [1 + Co, hidden], b2 [1 + Co]) of a
-    :class:`~oneshot.models.TriplaneDecoder` with its equalized-lr gains applied (differentiable w.r.t. its
-    parameters)."""
-    l1, l2 = decoder.net[0], decoder.net[2]
-    return (l1.weight * l1.weight_gain, l1.bias * l1.bias_gain, l2.weight * l2.weight_gain, l2.bias * l2.bias_gain)
+@runtime_checkable
+class FusableDecoder(Protocol):
+    """A decoder that ``render_triplane`` can fuse: EG3D's MLP, ``features [..., C] -> y = w2 softplus(w1 f + b1) +
+    b2``, sigma = y_0 (raw), colour = sigmoid(y_1..) * 1.002 - 0.001, exposed through :meth:`effective_weights`.
+    :class:`oneshot.models.TriplaneDecoder` is one; any module with this method and this forward is another."""
+
+    def effective_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(w1 [hidden, C], b1 [hidden], w2 [1 + Co, hidden], b2 [1 + Co]): the weights the forward applies (any
+        run-time scaling, such as equalized-lr gains, already applied), differentiable w.r.t. the parameters."""
+        ...
+
+
+def decoder_weights(decoder: FusableDecoder) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(w1 [hidden, C], b1 [hidden], w2 [1 + Co, hidden], b2 [1 + Co]) of a decoder for :func:`render_triplane`:
+    ``decoder.effective_weights()`` (the :class:`FusableDecoder` protocol; a
+    :class:`~oneshot.models.TriplaneDecoder` gives its weights with the equalized-lr gains applied), checked to be
+    four tensors of one MLP (ranks and matching sizes). Differentiable w.r.t. the decoder's parameters."""
+    get = getattr(decoder, "effective_weights", None)
+    if not callable(get):
+        raise TypeError(f"decoder must have effective_weights() -> (w1, b1, w2, b2) (oneshot.ops.FusableDecoder, "
+                        f"e.g. oneshot.models.TriplaneDecoder), got {type(decoder).__name__}")
+    weights = get()
+    if not isinstance(weights, (tuple, list)) or len(weights) != 4 or not all(isinstance(w, Tensor) for w in weights):
+        raise TypeError(f"{type(decoder).__name__}.effective_weights() must return four tensors (w1, b1, w2, b2), "
+                        f"got {type(weights).__name__}")
+    w1, b1, w2, b2 = weights
+    if (w1.dim() != 2 or b1.shape != w1.shape[:1] or w2.dim() != 2 or w2.shape[1] != w1.shape[0]
+            or b2.shape != w2.shape[:1]):
+        raise ValueError(f"{type(decoder).__name__}.effective_weights() must return w1 [hidden, C], b1 [hidden], "
+                         f"w2 [1 + Co, hidden], b2 [1 + Co], got {[shape_of(w) for w in weights]}")
+    return w1, b1, w2, b2
 
 
 def reference_render_triplane(planes, origins, directions, depths, w1, b1, w2, b2, box_warp=1.0,
-                              axes=PLANE_AXES_GOHA, clip_to_box=False, density_bias=-1.0):
-    """The composed reference: ``reference.triplane_sample`` -> linear / softplus / linear / sigmoid ->
-    ``reference.ray_march`` (pure PyTorch; autograd keeps every intermediate)."""
-    B, R, S = depths.shape
-    pts = (origins[:, :, None] + depths[..., None] * directions[:, :, None]).reshape(B, R * S, 3)
-    if planes.dtype != pts.dtype:  # 16-bit planes: sampled in float32
-        planes = planes.to(pts.dtype)
-    feats = reference.triplane_sample(planes, pts, box_warp, axes_pairs(check_axes(axes)), "mean")
-    y = F.linear(F.softplus(F.linear(feats, w1, b1)), w2, b2)
-    sigma = y[..., 0]
-    color = torch.sigmoid(y[..., 1:]) * (1 + 2 * 0.001) - 0.001
-    if clip_to_box:
-        inside = pts.abs().amax(-1) <= box_warp / 2
-        sigma = torch.where(inside, sigma, sigma.new_tensor(OUTSIDE_DENSITY))
-    return RenderTriplaneResult(*reference.ray_march(color.reshape(B, R, S, -1), sigma.reshape(B, R, S), depths,
-                                                     float(density_bias), False))
+                              axes=PLANE_AXES_GOHA, clip_to_box=False, density_bias=-1.0) -> RenderTriplaneResult:
+    """:func:`oneshot.ops.reference.render_triplane` (the composed pure-PyTorch reference, autograd keeping every
+    intermediate) with its result named; `axes` may be any form :func:`render_triplane` takes."""
+    return RenderTriplaneResult(*reference.render_triplane(planes, origins, directions, depths, w1, b1, w2, b2,
+                                                           box_warp, axes_pairs(check_axes(axes)), clip_to_box,
+                                                           density_bias))
 
 
 def render_triplane(
@@ -91,9 +98,10 @@ def render_triplane(
         planes: [B, 3, C, H, W] tri-planes.
         origins, directions: [B, R, 3] rays (world units; constants: no gradient flows to them).
         depths: [B, R, S] sample depths, non-decreasing along each ray, S >= 2 (constants).
-        w1, b1, w2, b2: the decoder's effective weights (:func:`decoder_weights` of a ``TriplaneDecoder``).
+        w1, b1, w2, b2: the decoder's effective weights [hidden, C], [hidden], [1 + Co, hidden], [1 + Co]
+            (:func:`decoder_weights` of a :class:`FusableDecoder` such as ``TriplaneDecoder``).
         box_warp, axes: as ``triplane_sample``. clip_to_box, density_bias: as the renderer's settings.
-        backend: None/"auto" (native when built), "reference" or "native".
+        backend: None/"auto" (native when built), "reference", "native" or "triton".
 
     Returns:
         RenderTriplaneResult(features [B, R, Co], depth [B, R], opacity [B, R], weights [B, R, S-1]),
@@ -145,18 +153,14 @@ def render_triplane(
     # The kernels compute in float32 / float64 (16-bit planes are read in float32): pick the backend by that.
     impl = resolve_backend(backend, "render_triplane", planes.device, compute)
     if impl == "triton":
-        if compute != torch.float32:
-            raise TypeError(f"backend='triton' supports float32 (and 16-bit planes) for render_triplane, got "
-                            f"{planes.dtype}")
-        from . import _triton
-
-        _triton.ensure_registered()
+        _register_triton()
         return RenderTriplaneResult(*torch.ops.oneshot.render_triplane_triton(
             planes, origins, directions, depths, w1, b1, w2, b2, box_warp, flat_axes, bool(clip_to_box),
             float(density_bias)))
     if impl == "reference":
-        return reference_render_triplane(planes, origins, directions, depths, w1, b1, w2, b2, box_warp,
-                                         axes_pairs(flat_axes), bool(clip_to_box), float(density_bias))
+        return RenderTriplaneResult(*reference.render_triplane(planes, origins, directions, depths, w1, b1, w2, b2,
+                                                               box_warp, axes_pairs(flat_axes), bool(clip_to_box),
+                                                               float(density_bias)))
     return RenderTriplaneResult(*torch.ops.oneshot.render_triplane(
         planes, origins, directions, depths, w1, b1, w2, b2, box_warp, flat_axes, bool(clip_to_box),
         float(density_bias)))
@@ -197,5 +201,37 @@ def register_autograd(op: str, backward_op: str) -> None:
     torch.library.register_autograd(f"oneshot::{op}", backward, setup_context=setup_context)
 
 
-if _extension.status().loaded and hasattr(torch.ops.oneshot, "render_triplane"):
+@once
+def _register_triton() -> None:
+    """``oneshot::render_triplane_triton`` and its backward (Triton kernels of :mod:`oneshot.kernels.render`)."""
+    from ..kernels import render as kernels
+
+    @torch.library.triton_op("oneshot::render_triplane_triton", mutates_args=())
+    def render_triplane_triton(planes: Tensor, origins: Tensor, directions: Tensor, depths: Tensor, w1: Tensor,
+                               b1: Tensor, w2: Tensor, b2: Tensor, box_warp: float, axes: list[int],
+                               clip_to_box: bool, density_bias: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()  # no copy when already channels-last
+        return kernels.render_forward(planes_cl, origins.contiguous(), directions.contiguous(), depths.contiguous(),
+                                      w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), box_warp,
+                                      axes, clip_to_box, density_bias)
+
+    @torch.library.triton_op("oneshot::render_triplane_backward_triton", mutates_args=())
+    def render_triplane_backward_triton(grad_features: Optional[Tensor], grad_depth: Optional[Tensor],
+                                        grad_opacity: Optional[Tensor], grad_weights: Optional[Tensor],
+                                        planes: Tensor, origins: Tensor, directions: Tensor, depths: Tensor,
+                                        w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, box_warp: float,
+                                        axes: list[int], clip_to_box: bool,
+                                        density_bias: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        c = lambda g: None if g is None else g.contiguous()  # noqa: E731
+        planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()
+        gp, gw1, gb1, gw2, gb2 = kernels.render_backward(
+            c(grad_features), c(grad_depth), c(grad_opacity), c(grad_weights), planes_cl, origins.contiguous(),
+            directions.contiguous(), depths.contiguous(), w1.contiguous(), b1.contiguous(), w2.contiguous(),
+            b2.contiguous(), box_warp, axes, clip_to_box, density_bias)
+        return gp.to(planes.dtype).permute(0, 1, 4, 2, 3), gw1, gb1, gw2, gb2  # a [B, 3, C, H, W] view
+
+    register_autograd("render_triplane_triton", "render_triplane_backward_triton")
+
+
+if _extension.status().loaded and op_exists("render_triplane"):  # (an extension older than this op lacks it)
     _register()

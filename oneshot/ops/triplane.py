@@ -7,21 +7,21 @@ from torch import Tensor
 
 from .. import _extension
 from . import reference
+from ._backend import resolve_backend
 from ._common import (
     PLANE_AXES_GOHA,
+    autocast_geometry,
     axes_pairs,
     check_axes,
     check_batch,
     check_box_warp,
-    autocast_geometry,
     check_dtypes,
     check_tensor,
-    register_geometry_autocast,
-    resolve_backend,
     shape_of,
 )
+from ._registry import once, register_geometry_autocast
 
-__all__ = ["triplane_sample"]
+__all__ = ["triplane_sample", "channels_last"]
 
 _REDUCE = ("mean", "sum", "none")
 
@@ -73,16 +73,18 @@ def triplane_sample(
     if impl == "reference":
         return reference.triplane_sample(planes, points, box_warp, axes_pairs(flat_axes), reduce)
     if impl == "triton":
+        _register_triton()
         return torch.ops.oneshot.triplane_sample_triton(channels_last(planes), points, box_warp, flat_axes, reduce)
     return torch.ops.oneshot.triplane_sample(channels_last(planes), points, box_warp, flat_axes, reduce)
 
 
-def channels_last(planes: Tensor) -> Tensor:
+def channels_last(planes: Tensor) -> Tensor:  # [B, 3, C, H, W] -> the same, channels contiguous
     """planes [B, 3, C, H, W] as a view whose channels are contiguous (a copy only when they are not).
 
     The kernels read one tap's C channels at a time, so they want this layout. Converting here, outside the op,
     means the autograd graph saves the converted tensor: the backward reuses it instead of converting again,
-    and the planes' gradient (also channels-last) flows back through the view without a copy.
+    and the planes' gradient (also channels-last) flows back through the view without a copy. A renderer that
+    calls the ops several times on the same planes converts them once, with this function.
     """
     if planes.stride(2) == 1 or planes.shape[2] <= 1:
         return planes
@@ -126,6 +128,32 @@ def _register() -> None:
 
     register_autograd("triplane_sample", "triplane_sample_backward")
     register_geometry_autocast("triplane_sample", (1,))
+
+
+@once
+def _register_triton() -> None:
+    """``oneshot::triplane_sample_triton`` and its backward (Triton kernels of :mod:`oneshot.kernels.triplane`)."""
+    from ..kernels import triplane as kernels
+
+    @torch.library.triton_op("oneshot::triplane_sample_triton", mutates_args=())
+    def triplane_sample_triton(planes: Tensor, points: Tensor, box_warp: float, axes: list[int],
+                               reduce: str) -> Tensor:
+        planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()  # no copy when already channels-last
+        return kernels.triplane_forward(planes_cl, points.contiguous(), box_warp, axes, reduce)
+
+    @torch.library.triton_op("oneshot::triplane_sample_backward_triton", mutates_args=())
+    def triplane_sample_backward_triton(grad_out: Tensor, planes: Tensor, points: Tensor, box_warp: float,
+                                        axes: list[int], reduce: str, planes_requires_grad: bool,
+                                        points_requires_grad: bool) -> tuple[Tensor, Tensor]:
+        planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()
+        gp, gx = kernels.triplane_backward(grad_out.contiguous(), planes_cl, points.contiguous(), box_warp, axes,
+                                           reduce, planes_requires_grad, points_requires_grad)
+        if planes_requires_grad:
+            gp = gp.to(planes.dtype).permute(0, 1, 4, 2, 3)  # [B, 3, C, H, W] view of the channels-last buffer
+        return gp, gx
+
+    register_autograd("triplane_sample_triton", "triplane_sample_backward_triton")
+    register_geometry_autocast("triplane_sample_triton", (1,))
 
 
 if _extension.status().loaded:
