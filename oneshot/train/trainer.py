@@ -267,7 +267,8 @@ class Trainer:
             raise ValueError(f"resuming stage {self.config.stage} from a stage-{ckpt.get('stage', 1)} checkpoint: "
                              f"start stage {self.config.stage} with init= (its avatar.safetensors) instead")
         # through AvatarConfig, so that a checkpoint written under older field names compares equal
-        if json.loads(AvatarConfig.from_json(ckpt["avatar_config"]).to_json()) != json.loads(self.model.config.to_json()):
+        stored = AvatarConfig.from_json(ckpt["avatar_config"]).to_json()
+        if json.loads(stored) != json.loads(self.model.config.to_json()):
             raise ValueError("the checkpoint's avatar config differs from this run's (another --config or preset?)")
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["opt"])
