@@ -75,9 +75,9 @@ class MorphableModel(nn.Module):
             landmarks when missing.
         exp_names: optional names of the expression modes.
         world_scale: the similarity scale applied to the source units (documentation; already applied).
-        identity_range, expression_range: optional (low, high) bounds of plausible coefficients, which fits
-            keep to (e.g. (0, 1) for blendshape weights, (-3, 3) for unit-variance identity modes); None:
-            unbounded (only the fit's L2 prior holds them).
+        identity_range: optional (low, high) bounds of plausible identity coefficients, which fits keep to
+            (e.g. (-3, 3) for unit-variance identity modes); None: unbounded (only the fit's L2 prior holds them).
+        expression_range: the same for the expression coefficients (e.g. (0, 1) for blendshape weights).
     """
 
     def __init__(self, name: str, mean: Tensor, id_basis: Tensor, exp_basis: Tensor, faces: Tensor, landmarks: Tensor,

@@ -25,10 +25,13 @@ def track_landmarks(frames, *, front=None, progress: bool = False, log=None) -> 
     landmarks (the previous frame's; the first found one before it).
 
     Args:
-        front: a :class:`~oneshot.face3d.FaceFrontEnd` made with ``video=True`` (default: one is made and closed
-            here; :class:`~oneshot.face3d.FacesUnavailableError` when the ``faces`` extra is missing).
+        frames (Sized & Iterable[numpy.ndarray]): uint8 RGB [H, W, 3] frames, e.g. a video reader.
+        front (FaceFrontEnd | None): a :class:`~oneshot.face3d.FaceFrontEnd` made with ``video=True`` (default:
+            one is made and closed here; :class:`~oneshot.face3d.FacesUnavailableError` when the ``faces`` extra is
+            missing).
         progress: a progress bar (tqdm, on stderr).
-        log: called with one line naming the frames that had no face (default: nothing is said).
+        log (Callable[[str], None] | None): called with one line naming the frames that had no face (default:
+            nothing is said).
 
     Raises ValueError when no frame has a face.
     """

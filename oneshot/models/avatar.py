@@ -95,7 +95,8 @@ class OneShotAvatar(nn.Module):
         face_model: the morphable model for the 3DMM renders (default: the built-in one); its fingerprint is
             recorded in the config, and coefficients of another model are refused.
         backend: backend of the ops (None: the fastest available).
-        pretrained_encoder: optional local Hugging Face SegFormer folder for the three encoders.
+        pretrained_encoder (str | os.PathLike | None): optional local Hugging Face SegFormer folder for the three
+            encoders.
 
     Stages: :meth:`set_stage` (1: everything but the super-resolution trains; 2: only the super-resolution).
     """

@@ -104,9 +104,9 @@ class SegFormerEncoder(nn.Module):
     Args:
         in_channels: input channels; the first patch embedding (a 7x7 stride-4 convolution for MiT) takes that many.
             GOHA: 3 (``template_net``, ``expr_net``) and 6 (``id_net``).
-        config: a preset name from :data:`SEGFORMER_PRESETS` or a ``transformers.SegformerConfig`` (copied; its
-            ``num_channels`` is replaced by ``in_channels``). ``None``: mit-b0, or the checkpoint's configuration
-            when ``pretrained`` is given (then an explicit ``config`` must describe the same architecture).
+        config (str | SegformerConfig | None): a preset name from :data:`SEGFORMER_PRESETS` or a transformers
+            ``SegformerConfig`` (copied; its ``num_channels`` is replaced by ``in_channels``). ``None``: mit-b0, or the
+            checkpoint's configuration when ``pretrained`` is given (then an explicit ``config`` must match it).
         pretrained: a local Hugging Face folder (``config.json`` + weights) saved from a ``SegformerModel``,
             ``SegformerForSemanticSegmentation`` or ``SegformerForImageClassification``; read with
             ``local_files_only``, nothing is downloaded. The encoder's weights are taken, and the decode head's

@@ -29,7 +29,7 @@ def rasterize_mesh(vertices: Tensor, faces: Tensor, resolution, *, backend: str 
     Args:
         vertices: [B, V, 3] float32 or float64.
         faces: [F, 3] int32 or int64 vertex indices, shared by the batch.
-        resolution: H = W as an int, or an (H, W) pair.
+        resolution (int | tuple[int, int]): H = W as an int, or an (H, W) pair.
         backend: None/"auto", "reference" or "native".
 
     Returns:

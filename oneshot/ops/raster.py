@@ -44,7 +44,7 @@ def rasterize_points(
 
     Cell (i, j) has centre (u_j, v_i): u_j = (2j + 1) / W - 1 (align_corners=False) or -1 + 2j / (W - 1)
     (align_corners=True; 0 when W == 1), likewise v_i with H. Plane p projects c = points * 2 / box_warp to
-    (c[axes[p][0]], c[axes[p][1]]). The nearest valid point is exact, with the arithmetic pinned so that all
+    ``(c[axes[p][0]], c[axes[p][1]])``. The nearest valid point is exact, with the arithmetic pinned so that all
     backends agree: d^2 = du*du + dv*dv rounded per operation (no fused multiply-add), the smallest d^2 wins,
     equal d^2 go to the lowest point index. A cell with no valid point, or whose nearest d^2 exceeds
     max_distance^2 (computed in double, rounded to the dtype), is empty. NaN coordinates give unspecified
@@ -53,9 +53,10 @@ def rasterize_points(
     Args:
         points: [B, N, 3] points in world units.
         features: [B, N, C] per-point features.
-        resolution: H = W as an int, or an (H, W) pair.
+        resolution (int | tuple[int, int]): H = W as an int, or an (H, W) pair.
         box_warp: side of the box the planes span.
-        axes: the coordinate pair of each plane (``PLANE_AXES_GOHA`` or ``PLANE_AXES_EG3D``).
+        axes (tuple[tuple[int, int], ...]): the coordinate pair of each plane (``PLANE_AXES_GOHA`` or
+            ``PLANE_AXES_EG3D``).
         valid: optional [B, N] bool; False points are ignored.
         max_distance: optional radius (normalised plane units) beyond which cells stay empty.
         align_corners: cell-centre convention (the released GOHA code uses True at 128 x 128).

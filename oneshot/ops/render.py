@@ -96,11 +96,18 @@ def render_triplane(
 
     Args:
         planes: [B, 3, C, H, W] tri-planes.
-        origins, directions: [B, R, 3] rays (world units; constants: no gradient flows to them).
+        origins: [B, R, 3] ray origins (world units; constants: no gradient flows to them).
+        directions: [B, R, 3] ray directions (constants).
         depths: [B, R, S] sample depths, non-decreasing along each ray, S >= 2 (constants).
-        w1, b1, w2, b2: the decoder's effective weights [hidden, C], [hidden], [1 + Co, hidden], [1 + Co]
-            (:func:`decoder_weights` of a :class:`FusableDecoder` such as ``TriplaneDecoder``).
-        box_warp, axes: as ``triplane_sample``. clip_to_box, density_bias: as the renderer's settings.
+        w1: [hidden, C] the decoder's first layer's effective weight (:func:`decoder_weights` of a
+            :class:`FusableDecoder` such as ``TriplaneDecoder`` gives all four).
+        b1: [hidden] its bias.
+        w2: [1 + Co, hidden] the second layer's effective weight (row 0: density, then the Co features).
+        b2: [1 + Co] its bias.
+        box_warp: side of the box the planes span, as in ``triplane_sample``.
+        axes (tuple[tuple[int, int], ...]): the coordinate pair of each plane, as in ``triplane_sample``.
+        clip_to_box: density -1e4 outside the box (the renderer's setting).
+        density_bias: added to the density before the softplus (EG3D: -1).
         backend: None/"auto" (native when built), "reference", "native" or "triton".
 
     Returns:

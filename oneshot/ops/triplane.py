@@ -37,7 +37,7 @@ def triplane_sample(
 ) -> Tensor:
     """Sample three axis-aligned feature planes at 3D points (EG3D's tri-plane lookup).
 
-    With c = points * 2 / box_warp, plane p reads (c[..., axes[p][0]], c[..., axes[p][1]]) as the (x, y) of
+    With c = points * 2 / box_warp, plane p reads ``(c[..., axes[p][0]], c[..., axes[p][1]])`` as the (x, y) of
     ``grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)`` on ``planes[:, p]``
     (x indexes W, y indexes H). Points with non-finite coordinates are unspecified (the native kernels give 0,
     grid_sample gives NaN).
@@ -46,7 +46,8 @@ def triplane_sample(
         planes: [B, 3, C, H, W] features of the three planes.
         points: [B, M, 3] points in world units; the box is [-box_warp/2, box_warp/2]^3.
         box_warp: side of the box the planes span.
-        axes: the coordinate pair each plane reads; ``PLANE_AXES_GOHA`` (xy, xz, zy) or ``PLANE_AXES_EG3D``.
+        axes (tuple[tuple[int, int], ...]): the coordinate pair each plane reads; ``PLANE_AXES_GOHA`` (xy, xz, zy)
+            or ``PLANE_AXES_EG3D``.
         reduce: "mean" or "sum" over the planes -> [B, M, C]; "none" -> [B, 3, M, C].
         backend: None/"auto" (fastest available), "reference", "native" or "triton".
 

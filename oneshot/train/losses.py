@@ -201,7 +201,8 @@ def neutral_expression_loss(render_rgb: Tensor, target_rgb: Tensor, mask: Tensor
         target_rgb: [B, 3, n, n'] the 3DMM's neutral render in [-1, 1] (``out["neutral_3dmm_image"]``).
         mask: [B, 1, n, n'] its face mask in [0, 1] (``out["neutral_3dmm_mask"]``).
         perceptual: a :class:`PerceptualLoss`, or None for the L1 part only.
-        l1_weight, perceptual_weight: weights of the two parts (released code: 1.0 and 3.0).
+        l1_weight: weight of the L1 part (released code: 1.0).
+        perceptual_weight: weight of the perceptual part (released code: 3.0).
 
     Returns:
         [] scalar.
@@ -250,7 +251,9 @@ def density_smoothness(decoder: nn.Module, planes: Tensor, n_points: int, sigma:
         n_points: points per batch element (≥ 1; EG3D uses 1000).
         sigma: standard deviation of the jitter (0.004).
         generator: a torch.Generator on planes' device, or None for the global one.
-        box_warp, axes, backend: as in :func:`oneshot.ops.triplane_sample`.
+        box_warp: as in :func:`oneshot.ops.triplane_sample`.
+        axes (tuple[tuple[int, int], ...]): as in :func:`oneshot.ops.triplane_sample`.
+        backend: as in :func:`oneshot.ops.triplane_sample`.
 
     Returns:
         [] scalar.
