@@ -188,7 +188,7 @@ def run_demo(out, minutes: float = 10.0, *, seed: int = 0, n_train: int = 384, n
                      f"{v['untrained']['ssim']:.3f} | {v['mean_training_image']['ssim']:.3f} |")
     lines += ["", "Scored by oneshot.eval (images in [0, 1]; SSIM: scikit-image's structural_similarity with Wang et al.'s "
               "settings; renders with evenly spaced samples): `oneshot evaluate --checkpoint run/avatar.safetensors "
-              "--data data/test --protocol reconstruction|self --no-sr` gives the trained model's numbers.",
+              "--data data/test --protocol reconstruction|self --no-sr --out eval` gives the trained model's numbers.",
               "", "Columns of reconstruction.png / reenactment.png: source, target, untrained render, trained render.",
               "cross_reenactment.png: source, driver (another identity), the source driven by it.",
               "orbit.gif: novel views of a held-out source.", "![loss](loss.png)"]

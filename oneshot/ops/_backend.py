@@ -168,10 +168,11 @@ def use_fused_render(fused: bool | None, *, device: torch.device, dtype: torch.d
             measured on a GPU). Otherwise composed.
             True: fused, or a TypeError / RuntimeError naming why it cannot run (no ``effective_weights()``, no
             kernel for the device and dtype, a `backend` that cannot run it). False: composed.
-        device, dtype: the planes' device and dtype (16-bit planes are rendered in float32).
-        decoder: the decoder module of the render.
-        backend: the renderer's backend (None / "auto", "reference", "native", "triton"); a fused render runs
-            ``render_triplane`` with it.
+        device (torch.device): the planes' device.
+        dtype (torch.dtype): the planes' dtype (16-bit planes are rendered in float32).
+        decoder (torch.nn.Module): the decoder module of the render.
+        backend (str | None): the renderer's backend (None / "auto", "reference", "native", "triton"); a fused
+            render runs ``render_triplane`` with it.
     """
     if fused is not None and not isinstance(fused, bool):
         raise TypeError(f"fused must be None (automatic), True or False, got {fused!r}")
