@@ -182,6 +182,12 @@ def test_patch_before_import_then_unpatch_same_images_exact_restoration(layout):
     original = patched._oneshot_original
     assert eg3d.patched_modules() == ["training.volumetric_rendering.renderer"]
     assert "def generate_planes" in inspect.getsource(renderer_mod)  # the import hook kept the loader's services
+    importlib.reload(renderer_mod)  # a reloaded module's new class is patched too
+    assert _is_patched(renderer_mod.ImportanceRenderer) and renderer_mod.ImportanceRenderer is not patched
+    importlib.reload(triplane)
+    patched = renderer_mod.ImportanceRenderer
+    original = patched._oneshot_original
+    assert triplane.ImportanceRenderer is patched
 
     torch.manual_seed(0)
     G = triplane.TriPlaneGenerator(options())

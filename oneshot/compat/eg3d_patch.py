@@ -157,8 +157,8 @@ def _replace_references(old, new) -> None:
 
 def _patch_module(module, explicit: bool) -> bool:
     name = module.__name__
-    if name in _STATE.modules:
-        return True
+    if name in _STATE.modules and module.__dict__.get(CLASS_NAME) is _STATE.modules[name][1]:
+        return True  # (a reloaded module defines its class anew: patched again below)
     original = module.__dict__.get(CLASS_NAME)
     fail = PatchError if explicit else None
     why = None
@@ -182,6 +182,8 @@ def _patch_module(module, explicit: bool) -> bool:
             raise fail(msg)
         warnings.warn(msg, EG3DCompatWarning, stacklevel=3)
         return False
+    # a reloaded module: its earlier record names the class the reload replaced
+    _STATE.references = [r for r in _STATE.references if r[0] is not module or r[1] != CLASS_NAME]
     _STATE.modules[name] = (original, patched)
     _replace_references(original, patched)
     return True
