@@ -5,7 +5,7 @@ rendering resolution 64^2 and 128^2, stochastic sampling (EG3D's; the same seed 
 
 Modes: fwd (no autograd) and fwd+bwd (gradients of the planes and the decoder's parameters for a random cotangent
 on the rgb output). On CUDA the drop-in runs its default (the composed oneshot ops until the fused CUDA kernel is
-measured) and, as "drop-in fused", with fused="always".
+measured) and, as "drop-in fused", with fused=True.
 
     python benchmarks/bench_eg3d.py [--quick] [--device cpu|cuda]
 """
@@ -40,7 +40,7 @@ def providers(device: torch.device):
     yield "composed", ReferenceRenderer()
     yield "drop-in", eg3d.ImportanceRenderer()
     if device.type == "cuda" and kernel_registered("render_triplane", "CUDA"):
-        yield "drop-in fused", eg3d.ImportanceRenderer(fused="always")
+        yield "drop-in fused", eg3d.ImportanceRenderer(fused=True)
 
 
 def run(device: torch.device, quick: bool, results: list) -> None:

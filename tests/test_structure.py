@@ -21,7 +21,7 @@ LAYERS = [
     ["oneshot.ops"],
     ["oneshot.cameras"],
     ["oneshot.face3d"],
-    ["oneshot.models", "oneshot.data"],
+    ["oneshot.models", "oneshot.data", "oneshot.compat"],
     ["oneshot.train", "oneshot.eval"],
     ["oneshot.cli"],
     ["oneshot.__main__", "oneshot"],

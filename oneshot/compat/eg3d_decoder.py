@@ -29,9 +29,13 @@ class FullyConnectedLayer(nn.Module):
     """EG3D's (StyleGAN2's) equalized-learning-rate linear layer, ``activation='linear'`` only (the decoder's).
 
     Args:
-        in_features, out_features: sizes; weight [out_features, in_features], bias [out_features].
-        bias: whether the layer has a bias. lr_multiplier: the learning-rate multiplier (weight_gain =
-        lr_multiplier / sqrt(in_features), bias_gain = lr_multiplier). bias_init: the bias' initial value.
+        in_features (int): input size; the weight is [out_features, in_features].
+        out_features (int): output size; the bias is [out_features].
+        bias (bool): whether the layer has a bias.
+        activation (str): 'linear' only.
+        lr_multiplier (float): the learning-rate multiplier: weight_gain = lr_multiplier / sqrt(in_features),
+            bias_gain = lr_multiplier.
+        bias_init (float): the bias' initial value.
     """
 
     def __init__(self, in_features, out_features, bias=True, activation='linear', lr_multiplier=1, bias_init=0):

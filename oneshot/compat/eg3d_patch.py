@@ -271,7 +271,7 @@ def _unpatch_object(root: nn.Module) -> None:
 # -- the public functions -------------------------------------------------------------------------------------
 
 
-def patch(target=None, *, modules=(), plane_axes=None, deterministic=False, clip_to_box=False, fused=True,
+def patch(target=None, *, modules=(), plane_axes=None, deterministic=False, clip_to_box=False, fused=None,
           unknown_options="warn", verify=True):
     """Make EG3D-derived code render with oneshot's kernels; two lines at the top of a script::
 
@@ -279,14 +279,17 @@ def patch(target=None, *, modules=(), plane_axes=None, deterministic=False, clip
         eg3d.patch()
 
     Args:
-        target: None: the renderer modules of :data:`KNOWN_LAYOUTS` plus `modules`, now and when imported
+        target (None | torch.nn.Module | str): None: the renderer modules of :data:`KNOWN_LAYOUTS` plus `modules`, now and when imported
             later (returns the names patched so far). An ``nn.Module`` (a built generator): its renderers, in
             place (returns it). A string: a module path, as ``modules=[target]``.
-        modules: more module paths holding an EG3D ``ImportanceRenderer`` (your own copy), e.g.
+        modules (str | Sequence[str]): more module paths holding an EG3D ``ImportanceRenderer`` (your own copy), e.g.
             ``"mypkg.rendering.renderer"``.
-        plane_axes, deterministic, clip_to_box, fused, unknown_options: the drop-in's switches
-            (:class:`.eg3d_renderer.Settings`); all off: EG3D's images.
-        verify: check each renderer against EG3D's behaviour before swapping it (see :mod:`.eg3d_probe`).
+        plane_axes (None | str | tuple): the drop-in's switch (see ``Settings``); None: the renderer's own planes.
+        deterministic (bool): the drop-in's switch (see ``Settings``).
+        clip_to_box (bool): the drop-in's switch (see ``Settings``).
+        fused (bool | None): oneshot's fused setting (see ``Settings``).
+        unknown_options (str): "warn", "error" or "ignore" (see ``Settings``).
+        verify (bool): check each renderer against EG3D's behaviour before swapping it (see :mod:`.eg3d_probe`).
 
     Raises:
         PatchError: a module or object you named holds no EG3D renderer or one that behaves differently.

@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import PLANE_AXES_EG3D, PLANE_AXES_GOHA, triplane_sample
-from ..ops._common import check_axes
+from ..ops import PLANE_AXES_EG3D, PLANE_AXES_GOHA, check_axes, triplane_sample
 
 __all__ = ["generate_planes", "project_onto_planes", "sample_from_planes", "plane_matrices", "axes_of",
            "resolve_axes", "PLANE_AXES_EG3D", "PLANE_AXES_GOHA"]

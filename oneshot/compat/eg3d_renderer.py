@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..ops import ray_march, render_triplane
-from ..ops._common import kernel_registered
+from ..ops import FUSED_AUTO_DEVICES, has_native_kernel, ray_march, render_triplane, use_fused_render
 from .eg3d_decoder import eg3d_decoder_reason, eg3d_decoder_weights
 from .eg3d_planes import axes_of, plane_matrices, resolve_axes, sample_axis_aligned, sample_from_planes
 from .eg3d_sampling import (RenderingOptionsError, importance_depths, importance_u, parse_options, sample_pdf,
@@ -37,6 +36,16 @@ from .eg3d_sampling import (RenderingOptionsError, importance_depths, importance
 __all__ = ["ImportanceRenderer", "MipRayMarcher2", "Settings", "DropInRenderer"]
 
 OUTSIDE_DENSITY = -1e4  # the raw density of samples outside the box with clip_to_box (as render_triplane's)
+
+
+class _EG3DWeights:
+    """An EG3D-shaped decoder seen through oneshot's :class:`~oneshot.ops.FusableDecoder` protocol."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+    def effective_weights(self):
+        return eg3d_decoder_weights(self.decoder, next(self.decoder.parameters()).dtype)
 
 
 @dataclass(frozen=True)
@@ -49,15 +58,18 @@ class Settings:
         draws, the same image on every call.
     clip_to_box: samples outside [-box_warp/2, box_warp/2]^3 get no density (EG3D gives them the decoder's
         output for zero features).
-    fused: True: the fused op where it measured faster (the CPU; CUDA's kernel is not measured yet), "always":
-        wherever a render_triplane kernel exists, False: never.
+    fused: oneshot's one ``fused`` setting (:func:`oneshot.ops.use_fused_render`): None (automatic) takes the fused
+        op where it measured faster (the CPU; CUDA's kernel is not measured yet), True wherever this build has a
+        render_triplane kernel for the device (a named error where it has none), False never. Whatever the setting,
+        a call that needs the composed path (another decoder, density noise, rays with gradients, autocast, planes
+        that are not three axis-aligned ones) takes it: :meth:`ImportanceRenderer.oneshot_path` says why.
     unknown_options: a rendering_options key nobody is known to read: "warn" (once), "error" or "ignore".
     """
 
     plane_axes: tuple | None = None
     deterministic: bool = False
     clip_to_box: bool = False
-    fused: bool | str = True
+    fused: bool | None = None
     unknown_options: str = "warn"
 
     def __post_init__(self):
@@ -66,9 +78,8 @@ class Settings:
         for name in ("deterministic", "clip_to_box"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.fused not in (True, False, "always") or isinstance(self.fused, int) and not isinstance(self.fused,
-                                                                                                         bool):
-            raise ValueError(f"fused must be True, False or 'always', got {self.fused!r}")
+        if self.fused is not None and not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be None (automatic), True or False, got {self.fused!r}")
         if self.unknown_options not in ("warn", "error", "ignore"):
             raise ValueError(f"unknown_options must be 'warn', 'error' or 'ignore', got {self.unknown_options!r}")
 
@@ -203,7 +214,7 @@ class DropInRenderer:
     def oneshot_path(self, planes, decoder, ray_origins, ray_directions, rendering_options) -> tuple[str, str]:
         """("fused" or "composed", why): the path ``forward`` takes for these arguments."""
         s = self._oneshot_settings
-        if not s.fused:
+        if s.fused is False:
             return "composed", "fused=False"
         if self.oneshot_axes() is None or planes.shape[1] != 3:
             return "composed", "the plane matrices are not three axis-aligned planes"
@@ -216,14 +227,15 @@ class DropInRenderer:
             return "composed", "autocast is on (the decoder would run in its autocast dtype)"
         if planes.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             return "composed", f"planes are {planes.dtype}"
-        key = {"cpu": "CPU", "cuda": "CUDA"}.get(dev)
-        if key is None or not kernel_registered("render_triplane", key):
-            return "composed", f"no render_triplane kernel for {dev} in this build"
-        if key == "CUDA" and s.fused != "always":
-            return "composed", "the CUDA render_triplane kernel is not measured yet: fused='always' turns it on"
         why = eg3d_decoder_reason(decoder, planes.shape[2])
         if why is not None:
             return "composed", f"the decoder is not EG3D-shaped: {why}"
+        # the build and the device: oneshot's one rule (fused=True raises a named error where no kernel exists)
+        if not use_fused_render(s.fused, device=planes.device, dtype=planes.dtype, decoder=_EG3DWeights(decoder)):
+            if dev not in FUSED_AUTO_DEVICES and has_native_kernel("render_triplane", planes.device):
+                return "composed", (f"automatic: the {dev} render_triplane kernel is not measured yet (fused=True "
+                                    f"turns it on)")
+            return "composed", f"no render_triplane kernel for {dev} and {planes.dtype} in this build"
         return "fused", "EG3D-shaped decoder, axis-aligned planes"
 
     # -- the two paths ------------------------------------------------------------------------------------------
@@ -287,7 +299,7 @@ class ImportanceRenderer(DropInRenderer, nn.Module):
 
     ``ImportanceRenderer()`` behaves as EG3D's (its plane matrices, stochastic sampling, no box clipping);
     keyword-only switches (:class:`Settings`): ``plane_axes="goha"``, ``deterministic=True``,
-    ``clip_to_box=True``, ``fused=False | "always"``, ``unknown_options="error"``.
+    ``clip_to_box=True``, ``fused=False | True``, ``unknown_options="error"``.
     """
 
     def __init__(self, *, plane_axes=None, deterministic=False, clip_to_box=False, fused=True,

@@ -13,8 +13,8 @@ import torch
 
 from .. import _extension
 from . import reference
-from ._backend import BACKENDS, FUSED_AUTO_DEVICES, triton_available, use_fused_render
-from ._common import PLANE_AXES_EG3D, PLANE_AXES_GOHA, check_resolution
+from ._backend import BACKENDS, FUSED_AUTO_DEVICES, has_native_kernel, triton_available, use_fused_render
+from ._common import PLANE_AXES_EG3D, PLANE_AXES_GOHA, check_axes, check_resolution
 from .mesh import rasterize_mesh
 from .raster import rasterize_points
 from .raymarch import RayMarchResult, ray_march
@@ -33,6 +33,8 @@ __all__ = [
     "reference_render_triplane",
     "use_fused_render",
     "FUSED_AUTO_DEVICES",
+    "has_native_kernel",
+    "check_axes",
     "channels_last",
     "check_resolution",
     "rasterize_points",
