@@ -1,9 +1,16 @@
 """Shared benchmark harness: timing (median and spread), peak memory, machine description, CSV + markdown.
 
-CPU timing is wall time over repeats (after a warm-up); GPU timing uses ``triton.testing.do_bench`` when
-Triton is installed, CUDA events otherwise. Peak memory is the growth of the process's resident set over the
-run on CPU (peak RSS reset through /proc/self/clear_refs) and ``torch.cuda.max_memory_allocated`` on GPU.
-Ratios are always between providers measured in the same run on the same machine.
+CPU timing is wall time over repeats (after a warm-up). GPU timing is by CUDA events around a loop of n launches
+(n sized so that a loop takes about budget / loops), never a synchronize per call, which would make small cases
+launch-bound: the time of a call is a loop's time / n, reported as the median and spread over several loops.
+Caches stay warm between the launches of a loop (as in training, where the same planes are read again). Peak
+memory is the growth of the process's resident set over one call on CPU (peak RSS reset through
+/proc/self/clear_refs) and ``torch.cuda.max_memory_allocated`` on GPU. Ratios are always between providers
+measured in the same run on the same machine. A provider that raises is recorded (median NaN, the error in the
+note) and the run goes on.
+
+Sizes: each benchmark's ``cases(quick)`` lists its sizes, the "quick" ones first; ``pick(cases, sizes)`` gives
+the quick ones ("quick"), the others ("large": what --quick leaves out) or all ("all").
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ import ctypes
 import datetime
 import gc
 import platform
+import math
+import os
 import statistics
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,6 +62,12 @@ def machine() -> dict:
 
         info["oneshot"] = oneshot.__version__
     except Exception:  # pragma: no cover
+        pass
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:  # triton missing or broken: not needed on CPU
         pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -115,18 +131,20 @@ class PeakMemory:
 
 
 def measure(fn: Callable[[], object], device: torch.device, *, min_repeats=3, max_repeats=20, budget_s=2.0):
-    """(median, q25, q75) in ms, repeats, peak MiB. Runs fn once to warm up (and to measure memory)."""
+    """(median, q25, q75) in ms, repeats, peak MiB. Runs fn once to warm up (and to measure memory; on CUDA once
+    more before that, for the compile and autotuning). On CPU: wall time of min_repeats .. max_repeats calls
+    within about budget_s. On CUDA: see _cuda_events. The environment variable BENCH_BUDGET_S caps budget_s, and
+    on CPU lets one timed call do (run_gpu.sh sets it to fit a short session; its CPU rehearsal proves the
+    plumbing rather than measuring)."""
+    if os.environ.get("BENCH_BUDGET_S"):
+        budget_s = min(budget_s, float(os.environ["BENCH_BUDGET_S"]))
+        min_repeats = 1
+    if device.type == "cuda":
+        fn()  # compiles, autotunes (whose timing buffers must not count as the op's memory), warms the allocator
     with PeakMemory(device) as mem:
         fn()
     if device.type == "cuda":
-        try:
-            import triton.testing
-
-            # median, p20, p80 over as many runs as fit in the budget, after triton's own warm-up
-            q = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], rep=int(budget_s * 1000 / 4))
-            return q[0], q[1], q[2], -1, mem.mb
-        except ImportError:
-            return _cuda_events(fn, min_repeats, max_repeats) + (mem.mb,)
+        return _cuda_events(fn, budget_s, loops=max(min_repeats, 5)) + (mem.mb,)
     times = []
     start = time.perf_counter()
     while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget_s):
@@ -143,24 +161,45 @@ def _stats(times):
     return statistics.median(times), q[0], q[2]
 
 
-def _cuda_events(fn, min_repeats, max_repeats):
-    times = []
-    for _ in range(max(min_repeats, min(max_repeats, 10))):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+def _cuda_events(fn, budget_s: float, loops: int = 5, max_n: int = 1000):
+    """Per-call (median, q25, q75) ms over `loops` loops of n back-to-back calls, each loop timed by a pair of
+    CUDA events (no synchronize inside a loop); n from one timed call so that the loops take about budget_s.
+    Returns those and the number of calls timed."""
+    new = lambda: torch.cuda.Event(enable_timing=True)  # noqa: E731
+    torch.cuda.synchronize()
+    a, b = new(), new()
+    a.record()
+    fn()
+    b.record()
+    b.synchronize()
+    one = max(a.elapsed_time(b), 1e-3)
+    n = int(min(max_n, max(1, budget_s * 1e3 / loops / one)))
+    events = []
+    for _ in range(loops):
+        a, b = new(), new()
         a.record()
-        fn()
+        for _ in range(n):
+            fn()
         b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return _stats(times) + (len(times),)
+        events.append((a, b))
+    torch.cuda.synchronize()
+    return _stats([a.elapsed_time(b) / n for a, b in events]) + (loops * n,)
 
 
 def run_case(results: list, op, case, mode, provider, fn, device, note="", **kw) -> Result:
-    med, q25, q75, reps, peak = measure(fn, device, **kw)
+    """Measure fn (see measure) and append the Result; if fn raises, append one with NaN times and the error in its
+    note (the traceback is printed) and go on."""
+    try:
+        med, q25, q75, reps, peak = measure(fn, device, **kw)
+    except Exception as e:  # one provider failing must not lose the others' measurements
+        traceback.print_exc()
+        nan = float("nan")
+        med, q25, q75, reps, peak = nan, nan, nan, 0, nan
+        note = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
     r = Result(op, case, mode, provider, med, q25, q75, reps, peak, note)
     results.append(r)
-    print(f"  {op:17s} {case:38s} {mode:8s} {provider:10s} {med:10.2f} ms  [{q25:.2f}, {q75:.2f}]  peak {peak:8.1f} MiB",
-          flush=True)
+    print(f"  {op:17s} {case:38s} {mode:8s} {provider:10s} {med:10.2f} ms  [{q25:.2f}, {q75:.2f}]  peak {peak:8.1f} MiB"
+          + (f"  {note}" if note else ""), flush=True)
     return r
 
 
@@ -184,21 +223,22 @@ def write(results: list, name: str, out_dir: Path = RESULTS_DIR, baselines=("ref
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
-        ("Median of repeats [20th-80th percentile, triton.testing.do_bench]" if name.startswith("cuda")
-         else "Median wall time of repeats [25th-75th percentile]")
+        ("Median per-call time over loops of back-to-back launches, each loop timed by CUDA events [25th-75th "
+         "percentile of the loops]" if "cuda" in name else "Median wall time of repeats [25th-75th percentile]")
         + "; speed-up = baseline median / provider median, "
         "measured side by side in this run. Peak = memory growth during one call (resident set on CPU).",
         "",
         "| op | case | mode | provider | median ms | IQR ms | peak MiB |"
-        + "".join(f" vs {b} |" for b in present) + "".join(f" memory vs {b} |" for b in present if memory),
-        "|---|---|---|---|---:|---:|---:|" + "---:|" * (len(present) * (2 if memory else 1)),
+        + "".join(f" vs {b} |" for b in present) + "".join(f" memory vs {b} |" for b in present if memory)
+        + " note |",
+        "|---|---|---|---|---:|---:|---:|" + "---:|" * (len(present) * (2 if memory else 1)) + "---|",
     ]
     for r in results:
         sp = "".join(f" {_speedup(results, r, b)} |" for b in present)
         mem = "".join(f" {_memory_ratio(results, r, b)} |" for b in present if memory)
         lines.append(
             f"| {r.op} | {r.case} | {r.mode} | {r.provider} | {r.median_ms:.2f} | {r.q25_ms:.2f}-{r.q75_ms:.2f} | "
-            f"{r.peak_mb:.0f} |{sp}{mem}"
+            f"{r.peak_mb:.0f} |{sp}{mem} {r.note} |"
         )
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
@@ -210,7 +250,8 @@ def _ratio(results, r, baseline, field: str, suffix: str) -> str:
         return ""
     for b in results:
         if (b.op, b.case, b.mode, b.provider) == (r.op, r.case, r.mode, baseline) and getattr(r, field) > 0:
-            return f"{getattr(b, field) / getattr(r, field):.1f}x{suffix}"
+            ratio = getattr(b, field) / getattr(r, field)
+            return "" if math.isnan(ratio) else f"{ratio:.1f}x{suffix}"
     return ""
 
 
@@ -233,31 +274,60 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+SIZES = ("quick", "large", "all")
+
+
+def pick(cases: Callable[[bool], object], sizes) -> list:
+    """The cases of a benchmark for `sizes`: "quick" (cases(True)), "large" (those of cases(False) that --quick
+    leaves out), "all" (cases(False)); True / False mean "quick" / "all"."""
+    sizes = {True: "quick", False: "all"}.get(sizes, sizes)
+    if sizes not in SIZES:
+        raise ValueError(f"sizes must be one of {SIZES}, got {sizes!r}")
+    quick = list(cases(True))
+    if sizes == "quick":
+        return quick
+    every = list(cases(False))
+    return every if sizes == "all" else [c for c in every if c not in quick]
+
+
 def run_fwd_and_fwd_bwd(results: list, op, case, provider, device, call: Callable[[], object],
                         backward: Callable[[object], object], **kw) -> None:
-    """Time `call()` under no_grad ("fwd"), and `backward(call())` ("fwd+bwd")."""
+    """Time `call()` under no_grad ("fwd"), and `backward(call())` ("fwd+bwd"). No synchronize inside: measure
+    times whole loops of calls (see _cuda_events)."""
 
     def fwd():
         with torch.no_grad():
             call()
-        sync(device)
 
     def fwd_bwd():
         backward(call())
-        sync(device)
 
     run_case(results, op, case, "fwd", provider, fwd, device, **kw)
     run_case(results, op, case, "fwd+bwd", provider, fwd_bwd, device, **kw)
 
 
-def main(run: Callable, stem: str, doc: str, argv=None, **write_kw) -> None:
-    """Command line of one benchmark script: run(device, quick, results), then write <stem>_<device>.*."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="skip the largest sizes")
+def add_arguments(p: argparse.ArgumentParser, stem: str | None = None) -> None:
+    """--quick / --sizes, --device, --name, --out: the command line every benchmark script shares."""
+    p.add_argument("--quick", action="store_true", help="the quick sizes only (= --sizes quick)")
+    p.add_argument("--sizes", default=None, choices=SIZES,
+                   help="quick: the small sizes; large: the sizes --quick leaves out; all (default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--name", default=None, help=f"results file stem (default: {stem}_<device>)")
+    p.add_argument("--name", default=None, help=f"results file stem (default: {stem or '<op>'}_<device>)")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="results folder (default: benchmarks/results)")
+
+
+def sizes_arg(a: argparse.Namespace) -> str:
+    if a.quick and a.sizes not in (None, "quick"):
+        raise SystemExit(f"--quick and --sizes {a.sizes} contradict each other")
+    return "quick" if a.quick else (a.sizes or "all")
+
+
+def main(run: Callable, stem: str, doc: str, argv=None, **write_kw) -> None:
+    """Command line of one benchmark script: run(device, sizes, results), then write <stem>_<device>.*."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p, stem)
     a = p.parse_args(argv)
     device = device_arg(a.device)
     results: list = []
-    run(device, a.quick, results)
-    print(*write(results, a.name or f"{stem}_{device.type}", **write_kw), sep="\n")
+    run(device, sizes_arg(a), results)
+    print(*write(results, a.name or f"{stem}_{device.type}", Path(a.out), **write_kw), sep="\n")

@@ -3,14 +3,17 @@ super-resolution), time and peak memory. Providers: the model on oneshot's nativ
 same model on the pure-PyTorch reference ops ("reference"), in the same run; weights are random (speed does not
 depend on them).
 
-    python benchmarks/bench_avatar.py [--quick] [--device cpu|cuda] [--presets tiny paper goha-release]
+    python benchmarks/bench_avatar.py [--quick | --sizes quick|large|all] [--device cpu|cuda] [--out DIR]
+                                      [--presets tiny paper goha-release]
 
---quick: the "tiny" preset only (the full-size presets take seconds per frame on a CPU).
+--quick: the "tiny" preset only (the full-size presets take seconds per frame on a CPU); --sizes large: the
+others.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -35,8 +38,15 @@ def _inputs(model: OneShotAvatar, device):
         cameras.orbit_labels(8)[2:3].to(device)
 
 
-def run(device: torch.device, quick: bool, results: list, presets=None) -> None:
-    presets = presets or (["tiny"] if quick else ["tiny", "paper", "goha-release"])
+PRESETS = ["tiny", "paper", "goha-release"]
+
+
+def cases(quick: bool):
+    return PRESETS[:1] if quick else PRESETS
+
+
+def run(device: torch.device, sizes, results: list, presets=None) -> None:
+    presets = presets or H.pick(cases, sizes)
     face = builtin_model()
     for preset in presets:
         torch.manual_seed(0)
@@ -52,7 +62,6 @@ def run(device: torch.device, quick: bool, results: list, presets=None) -> None:
             def reconstruct():
                 with torch.no_grad():
                     model.reconstruct(image, src_cam, src)
-                H.sync(device)
 
             with torch.no_grad():
                 avatar = model.reconstruct(image, src_cam, src)
@@ -60,12 +69,10 @@ def run(device: torch.device, quick: bool, results: list, presets=None) -> None:
             def animate():
                 with torch.no_grad():
                     model.animate(avatar, tgt, tgt_cam)
-                H.sync(device)
 
             def animate_low_res():
                 with torch.no_grad():
                     model.animate(avatar, tgt, tgt_cam, super_resolve=False)
-                H.sync(device)
 
             H.run_case(results, OP, case, "reconstruct", provider, reconstruct, device, **budget)
             H.run_case(results, OP, case, "frame", provider, animate, device, **budget)
@@ -74,15 +81,13 @@ def run(device: torch.device, quick: bool, results: list, presets=None) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default=None)
-    p.add_argument("--presets", nargs="+", default=None, choices=["tiny", "paper", "goha-release"])
-    p.add_argument("--name", default=None)
+    H.add_arguments(p, "avatar")
+    p.add_argument("--presets", nargs="+", default=None, choices=PRESETS)
     a = p.parse_args(argv)
     device = H.device_arg(a.device)
     results: list = []
-    run(device, a.quick, results, a.presets)
-    print(*H.write(results, a.name or f"avatar_{device.type}"), sep="\n")
+    run(device, H.sizes_arg(a), results, a.presets)
+    print(*H.write(results, a.name or f"avatar_{device.type}", Path(a.out)), sep="\n")
 
 
 if __name__ == "__main__":

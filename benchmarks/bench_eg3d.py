@@ -7,7 +7,7 @@ Modes: fwd (no autograd) and fwd+bwd (gradients of the planes and the decoder's 
 on the rgb output). On CUDA the drop-in runs its default (the composed oneshot ops until the fused CUDA kernel is
 measured) and, as "drop-in fused", with fused=True.
 
-    python benchmarks/bench_eg3d.py [--quick] [--device cpu|cuda]
+    python benchmarks/bench_eg3d.py [--sizes quick|large|all] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import _harness as H
 from oneshot import cameras
 from oneshot.compat import eg3d
 from oneshot.compat.eg3d_reference import ReferenceRenderer
-from oneshot.ops._common import kernel_registered
+from oneshot.ops import has_native_kernel
 
 OP = "EG3D render (ImportanceRenderer)"
 
@@ -39,12 +39,12 @@ def cases(quick: bool):
 def providers(device: torch.device):
     yield "composed", ReferenceRenderer()
     yield "drop-in", eg3d.ImportanceRenderer()
-    if device.type == "cuda" and kernel_registered("render_triplane", "CUDA"):
+    if device.type == "cuda" and has_native_kernel("render_triplane", device):
         yield "drop-in fused", eg3d.ImportanceRenderer(fused=True)
 
 
-def run(device: torch.device, quick: bool, results: list) -> None:
-    for label, B, res, P, C in cases(quick):
+def run(device: torch.device, sizes, results: list) -> None:
+    for label, B, res, P, C in H.pick(cases, sizes):
         g = torch.Generator().manual_seed(0)
         planes = (torch.randn(B, 3, C, P, P, generator=g) * 0.5).to(device).requires_grad_()
         torch.manual_seed(0)

@@ -5,7 +5,7 @@ size of the paper, and at 512 x 512.
 The mesh is a closed-form stand-in with the same counts: a 189 x 189 grid (35,721 vertices, 70,688 triangles)
 bent into a face-like dome and projected to cover the centre of the image as a face crop does.
 
-    python benchmarks/bench_mesh.py [--quick]
+    python benchmarks/bench_mesh.py [--quick | --sizes quick|large|all] [--out DIR]
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ def cases(quick: bool):
         yield "BFM-sized mesh (35.7K verts, 70.7K tris) -> 512^2", 512
 
 
-def run(device: torch.device, quick: bool, results: list) -> None:
+def run(device: torch.device, sizes, results: list) -> None:
     if device.type != "cpu":
         return  # a CPU kernel (the CUDA one comes later)
-    for label, res in cases(quick):
+    for label, res in H.pick(cases, sizes):
         verts, faces = face_sized_mesh(res)
         for provider in ("reference", "native"):
             budget = {"min_repeats": 1, "max_repeats": 3} if provider == "reference" else {}

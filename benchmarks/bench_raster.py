@@ -5,7 +5,7 @@ argmin over a dense cells x points matrix per plane (CUDA: exactly what the rele
 Modes: "index" is the nearest-point search alone (native/reference with C = 0 features; cKDTree build +
 query), "fwd" includes the feature gather into [B, 3, C, H, W] planes, "fwd+bwd" adds the backward.
 
-    python benchmarks/bench_raster.py [--quick] [--device cpu|cuda]
+    python benchmarks/bench_raster.py [--quick | --sizes quick|large|all] [--device cpu|cuda] [--out DIR]
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def gather(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 BASELINES = {"ckdtree": (ckdtree_index, "cpu"), "cdist": (cdist_index, "cuda")}
 
 
-def run(device: torch.device, quick: bool, results: list) -> None:
+def run(device: torch.device, sizes, results: list) -> None:
     # Triton only on a GPU: interpreter runs (TRITON_INTERPRET=1) are for tests and never timed.
     triton = ("triton",) if device.type == "cuda" and ops.backend_info()["triton"] else ()
-    for label, kind, C, res, provs in cases(quick):
+    for label, kind, C, res, provs in H.pick(cases, sizes):
         provs = provs + triton
         points = make_points(kind, device)
         g = torch.Generator().manual_seed(1)
@@ -93,7 +93,6 @@ def run(device: torch.device, quick: bool, results: list) -> None:
 
             def index_only():
                 ops.rasterize_points(points, empty, res, backend=provider)
-                H.sync(device)
 
             budget = {"min_repeats": 1, "max_repeats": 3} if provider == "reference" else {}
             H.run_case(results, OP, label, "index", provider, index_only, device, **budget)

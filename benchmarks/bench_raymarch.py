@@ -1,6 +1,6 @@
 """ray_march: native vs reference (EG3D's vectorised MipRayMarcher2), forward and forward+backward.
 
-    python benchmarks/bench_raymarch.py [--quick] [--device cpu|cuda]
+    python benchmarks/bench_raymarch.py [--quick | --sizes quick|large|all] [--device cpu|cuda] [--out DIR]
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def cases(quick: bool):
         yield "50176 rays x 96 x 32 (224^2)", 224 * 224, 96, 32
 
 
-def run(device: torch.device, quick: bool, results: list) -> None:
-    for label, R, S, C in cases(quick):
+def run(device: torch.device, sizes, results: list) -> None:
+    for label, R, S, C in H.pick(cases, sizes):
         g = torch.Generator().manual_seed(0)
         colors = torch.rand(R, S, C, generator=g).to(device).requires_grad_()
         densities = (torch.randn(R, S, generator=g) * 4).to(device).requires_grad_()

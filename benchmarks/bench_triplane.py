@@ -1,6 +1,6 @@
 """triplane_sample: native vs reference (grid_sample, as EG3D), forward and forward+backward.
 
-    python benchmarks/bench_triplane.py [--quick] [--device cpu|cuda]
+    python benchmarks/bench_triplane.py [--quick | --sizes quick|large|all] [--device cpu|cuda] [--out DIR]
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def providers(device):
     return out
 
 
-def run(device: torch.device, quick: bool, results: list) -> None:
-    for label, C, res, rays, samples in cases(quick):
+def run(device: torch.device, sizes, results: list) -> None:
+    for label, C, res, rays, samples in H.pick(cases, sizes):
         g = torch.Generator().manual_seed(0)
         planes = torch.randn(1, 3, C, res, res, generator=g).to(device).requires_grad_()
         points = ray_samples(rays, samples, device=device).requires_grad_()

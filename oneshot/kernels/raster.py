@@ -7,8 +7,9 @@ first (lowest) index, and keeps the running best with a strict <, so ties go to 
 every backend. The arithmetic is the contract's: scale = 2 / box_warp and max_distance^2 computed in double and
 rounded to float32, c = point * scale, cell centres by the same formulas, d^2 = du*du + dv*dv with each
 operation rounded (launched with enable_fp_fusion=False, so no fused multiply-add). Gather and backward
-(atomic scatter-add in float32, so the summation order varies) are separate kernels. Points are float32,
-features float32 / float16 / bfloat16. Kernels and launchers only: registration and autograd live in
+(relaxed atomic scatter-add in float32, so the summation order varies) are separate kernels. Points are float32,
+features float32 / float16 / bfloat16. Autotuned over the block sizes and num_warps (see _common); the point
+count and plane size are not specialised. Kernels and launchers only: registration and autograd live in
 oneshot.ops.
 """
 
@@ -20,9 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting, launch, next_pow2
+from ._common import autotune, configs, fixed, interpreting, launch, next_pow2
 
-__all__ = ["rasterize_forward", "rasterize_backward"]
+__all__ = ["rasterize_forward", "rasterize_backward", "NEAREST_CONFIGS", "GATHER_CONFIGS", "SCATTER_CONFIGS"]
+
+# Nearest search: a [BLOCK_CELLS, BLOCK_N] tile of distances. Gather / scatter: BLOCK_CELLS cells a program
+# (BLOCK_C follows C). Tuned per (switches, dtypes) and per C.
+NEAREST_CONFIGS = configs([{"BLOCK_CELLS": 64, "BLOCK_N": 64}, {"BLOCK_CELLS": 128, "BLOCK_N": 32},
+                           {"BLOCK_CELLS": 32, "BLOCK_N": 128}], warps=(4, 8))
+GATHER_CONFIGS = configs([{"BLOCK_CELLS": 64}], warps=(2,)) + configs([{"BLOCK_CELLS": 128}], warps=(4,)) + configs(
+    [{"BLOCK_CELLS": 256}], warps=(4, 8))
+SCATTER_CONFIGS = GATHER_CONFIGS
 
 
 @triton.jit
@@ -32,8 +41,12 @@ def _centre(j, n, ALIGN: tl.constexpr):
     return (2 * j + 1).to(tl.float32) / n.to(tl.float32) - 1.0
 
 
-@triton.jit
-def _nearest_kernel(points_ptr, valid_ptr, index_ptr, N, H, W, scale, max_d2, a00, a01, a10, a11, a20, a21,
+@autotune(NEAREST_CONFIGS, key=["HAS_VALID", "ALIGN"])
+@triton.jit(do_not_specialize=["N", "H", "W"])
+def _nearest_kernel(points_ptr,  # [B, N, 3] float32
+                    valid_ptr,  # [B, N] bool (read with HAS_VALID)
+                    index_ptr,  # [B, 3, H, W] int64 out (-1: no point)
+                    N, H, W, scale, max_d2, a00, a01, a10, a11, a20, a21,
                     HAS_VALID: tl.constexpr, ALIGN: tl.constexpr, BLOCK_CELLS: tl.constexpr,
                     BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
@@ -85,9 +98,12 @@ def _cells(index_ptr, HW, BLOCK_CELLS: tl.constexpr):
     return bp, bp // 3, cell, cmask, tl.load(index_ptr + bp * HW + cell, mask=cmask, other=-1)
 
 
-@triton.jit
-def _gather_kernel(features_ptr, index_ptr, planes_ptr, N, C, HW, BLOCK_CELLS: tl.constexpr,
-                   BLOCK_C: tl.constexpr):
+@autotune(GATHER_CONFIGS, key=["C"])
+@triton.jit(do_not_specialize=["N"])
+def _gather_kernel(features_ptr,  # [B, N, C]
+                   index_ptr,  # [B, 3, H, W] int64 (-1: no point)
+                   planes_ptr,  # [B, 3, C, H, W] out, features' dtype
+                   N, C, HW, BLOCK_CELLS: tl.constexpr, BLOCK_C: tl.constexpr):
     bp, b, cell, cmask, idx = _cells(index_ptr, HW, BLOCK_CELLS)
     has = idx >= 0
     ch = tl.arange(0, BLOCK_C)
@@ -99,8 +115,12 @@ def _gather_kernel(features_ptr, index_ptr, planes_ptr, N, C, HW, BLOCK_CELLS: t
         tl.store(dst, f.to(planes_ptr.dtype.element_ty), mask=cmask[:, None] & (c < C)[None, :])
 
 
-@triton.jit
-def _scatter_kernel(grad_ptr, index_ptr, gfeat_ptr, N, C, HW, BLOCK_CELLS: tl.constexpr, BLOCK_C: tl.constexpr):
+@autotune(SCATTER_CONFIGS, key=["C"], reset_to_zero=["gfeat_ptr"])
+@triton.jit(do_not_specialize=["N"])
+def _scatter_kernel(grad_ptr,  # [B, 3, C, H, W] grad of the planes
+                    index_ptr,  # [B, 3, H, W] int64 (-1: no point)
+                    gfeat_ptr,  # [B, N, C] float32, zeroed, added into
+                    N, C, HW, BLOCK_CELLS: tl.constexpr, BLOCK_C: tl.constexpr):
     bp, b, cell, cmask, idx = _cells(index_ptr, HW, BLOCK_CELLS)
     has = cmask & (idx >= 0) & (idx < N)
     ch = tl.arange(0, BLOCK_C)
@@ -108,7 +128,8 @@ def _scatter_kernel(grad_ptr, index_ptr, gfeat_ptr, N, C, HW, BLOCK_CELLS: tl.co
         c = c0 + ch
         m2 = has[:, None] & (c < C)[None, :]
         g = tl.load(grad_ptr + (bp * C + c[None, :]) * HW + cell[:, None], mask=m2, other=0.0).to(tl.float32)
-        tl.atomic_add(gfeat_ptr + (b * N + idx)[:, None] * C + c[None, :], g, mask=m2)
+        # relaxed: a sum, nothing is ordered by it
+        tl.atomic_add(gfeat_ptr + (b * N + idx)[:, None] * C + c[None, :], g, mask=m2, sem="relaxed")
 
 
 def _f32(x: float) -> float:
@@ -137,15 +158,15 @@ def rasterize_forward(points: torch.Tensor, features: torch.Tensor, H: int, W: i
         return planes, index
     scale = _f32(2.0 / box_warp)
     max_d2 = math.inf if max_distance is None else _f32(float(max_distance) * float(max_distance))
-    block_cells, block_n = 64, 64
-    grid = (triton.cdiv(H * W, block_cells), 3, B)
+    grid = lambda meta: (triton.cdiv(H * W, meta["BLOCK_CELLS"]), 3, B)  # noqa: E731
     launch(_nearest_kernel)[grid](points, valid if valid is not None else points, index, N, H, W, scale, max_d2,
-                                  *axes, HAS_VALID=valid is not None, ALIGN=bool(align_corners),
-                                  BLOCK_CELLS=block_cells, BLOCK_N=block_n, **_options())
+                                  *axes, HAS_VALID=valid is not None, ALIGN=bool(align_corners), **_options(),
+                                  **fixed(BLOCK_CELLS=64, BLOCK_N=64, num_warps=4))
     if C > 0:
         block_c = min(next_pow2(C), 32)
-        grid = (triton.cdiv(H * W, 128), B * 3)
-        launch(_gather_kernel)[grid](features, index, planes, N, C, H * W, BLOCK_CELLS=128, BLOCK_C=block_c)
+        grid = lambda meta: (triton.cdiv(H * W, meta["BLOCK_CELLS"]), B * 3)  # noqa: E731
+        launch(_gather_kernel)[grid](features, index, planes, N, C, H * W, BLOCK_C=block_c,
+                                     **fixed(BLOCK_CELLS=128, num_warps=4))
     return planes, index
 
 
@@ -156,7 +177,7 @@ def rasterize_backward(grad_planes: torch.Tensor, index: torch.Tensor, num_point
     acc = torch.zeros((B, num_points, C), dtype=torch.float32, device=grad_planes.device)
     if B > 0 and C > 0 and num_points > 0 and H * W > 0:
         block_c = min(next_pow2(C), 32)
-        grid = (triton.cdiv(H * W, 128), B * 3)
-        launch(_scatter_kernel)[grid](grad_planes, index, acc, num_points, C, H * W, BLOCK_CELLS=128,
-                                      BLOCK_C=block_c)
+        grid = lambda meta: (triton.cdiv(H * W, meta["BLOCK_CELLS"]), B * 3)  # noqa: E731
+        launch(_scatter_kernel)[grid](grad_planes, index, acc, num_points, C, H * W, BLOCK_C=block_c,
+                                      **fixed(BLOCK_CELLS=128, num_warps=4))
     return acc if grad_planes.dtype == torch.float32 else acc.to(grad_planes.dtype)

@@ -6,8 +6,9 @@ omega_s = (w_{s-1} + w_s) / 2, so the features accumulate in one pass over the c
 the transmittance from the inputs (never by division from the end of the ray), keeps it and the per-sample
 <grad_features, c_s> in an [R, S] float32 scratch (proportional to the inputs), then runs the reverse sweep,
 which also writes grad_densities and the rows of grad_colors. Accumulation is float32; colors may be float16 /
-bfloat16 with float32 densities and depths. Kernels and launchers only: registration and autograd live in
-oneshot.ops.
+bfloat16 with float32 densities and depths. Autotuned over BLOCK_R and num_warps per (C, switches, dtypes); the
+ray and sample counts are not specialised (see _common). No atomics: every output element has one writer.
+Kernels and launchers only: registration and autograd live in oneshot.ops.
 """
 
 from __future__ import annotations
@@ -16,17 +17,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launch, next_pow2
+from ._common import autotune, configs, fixed, launch, log1p, next_pow2
 
-__all__ = ["ray_march_forward", "ray_march_backward"]
+__all__ = ["ray_march_forward", "ray_march_backward", "FORWARD_CONFIGS", "BACKWARD_CONFIGS"]
 
-
-@triton.jit
-def _log1p(x):
-    # log(1 + x) for x >= 0 with full relative precision for small x (Goldberg): log(u) * x / (u - 1).
-    u = 1.0 + x
-    d = u - 1.0
-    return tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
+# BLOCK_R rays a program (BLOCK_C, the channel tile, follows C: see _blocks). Tuned per (C, switches, dtypes).
+FORWARD_CONFIGS = configs([{"BLOCK_R": 16}, {"BLOCK_R": 32}], warps=(1, 2)) + configs(
+    [{"BLOCK_R": 64}, {"BLOCK_R": 128}], warps=(2, 4))
+BACKWARD_CONFIGS = FORWARD_CONFIGS
 
 
 @triton.jit
@@ -36,7 +34,7 @@ def _interval(s0, s1, t0, t1, bias):
     delta = t1 - t0
     tbar = (t0 + t1) / 2.0
     en = tl.exp(-tl.abs(m))
-    sp = tl.maximum(m, 0.0) + _log1p(en)
+    sp = tl.maximum(m, 0.0) + log1p(en)
     sigma = tl.where(m > 20.0, m, sp)
     slope = tl.where(m > 20.0, 1.0, tl.where(m >= 0.0, 1.0, en) / (1.0 + en))
     e = tl.exp(-(sigma * delta))
@@ -62,9 +60,14 @@ def _rays(R, S, BLOCK_R: tl.constexpr):
     return rays, rays < R, rays64, rays64 * S
 
 
-@triton.jit
-def _forward_kernel(col_ptr, s_ptr, t_ptr, feat_ptr, depth_ptr, opacity_ptr, weights_ptr, R, S, C, bias,
-                    WHITE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+@autotune(FORWARD_CONFIGS, key=["C", "WHITE"])
+@triton.jit(do_not_specialize=["R", "S"])
+def _forward_kernel(col_ptr,  # [R, S, C] colors
+                    s_ptr, t_ptr,  # [R, S] densities, depths
+                    feat_ptr,  # [R, C] out, colors' dtype
+                    depth_ptr, opacity_ptr,  # [R] out
+                    weights_ptr,  # [R, S - 1] out
+                    R, S, C, bias, WHITE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     rays, rmask, rays64, row_s = _rays(R, S, BLOCK_R)
     ch = tl.arange(0, BLOCK_C)
     for cb in range(0, tl.cdiv(tl.maximum(C, 1), BLOCK_C)):
@@ -109,8 +112,16 @@ def _forward_kernel(col_ptr, s_ptr, t_ptr, feat_ptr, depth_ptr, opacity_ptr, wei
             tl.store(opacity_ptr + rays64, op, mask=rmask)
 
 
-@triton.jit
-def _backward_kernel(col_ptr, s_ptr, t_ptr, gf_ptr, gd_ptr, go_ptr, gw_ptr, trans_ptr, dots_ptr, gc_ptr, gs_ptr,
+@autotune(BACKWARD_CONFIGS, key=["C", "WHITE", "HAS_GF", "HAS_GD", "HAS_GO", "HAS_GW"])
+@triton.jit(do_not_specialize=["R", "S"])
+def _backward_kernel(col_ptr,  # [R, S, C] colors
+                     s_ptr, t_ptr,  # [R, S] densities, depths
+                     gf_ptr,  # [R, C] grad features (read with HAS_GF)
+                     gd_ptr, go_ptr,  # [R] grad depth, grad opacity (read with HAS_GD, HAS_GO)
+                     gw_ptr,  # [R, S - 1] grad weights (read with HAS_GW)
+                     trans_ptr, dots_ptr,  # [R, S] float32 scratch, written then read
+                     gc_ptr,  # [R, S, C] out, colors' dtype
+                     gs_ptr,  # [R, S] out
                      R, S, C, bias, WHITE: tl.constexpr, HAS_GF: tl.constexpr, HAS_GD: tl.constexpr,
                      HAS_GO: tl.constexpr, HAS_GW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     rays, rmask, rays64, row_s = _rays(R, S, BLOCK_R)
@@ -202,6 +213,7 @@ def _backward_kernel(col_ptr, s_ptr, t_ptr, gf_ptr, gd_ptr, go_ptr, gw_ptr, tran
 
 
 def _blocks(R: int, C: int) -> tuple[int, int]:
+    """(BLOCK_R when not autotuned, BLOCK_C): a channel tile of up to 64."""
     block_c = min(next_pow2(max(C, 1)), 64)
     block_r = max(1, min(32, 2048 // block_c))
     return block_r, block_c
@@ -219,10 +231,10 @@ def ray_march_forward(colors: torch.Tensor, densities: torch.Tensor, depths: tor
     if R == 0:
         return feat, depth, opacity, weights
     block_r, block_c = _blocks(R, C)
-    grid = (triton.cdiv(R, block_r),)
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]),)  # noqa: E731
     launch(_forward_kernel)[grid](colors, densities, depths, feat, depth, opacity, weights, R, S, C,
-                                  float(density_bias), WHITE=bool(white_background), BLOCK_R=block_r,
-                                  BLOCK_C=block_c)
+                                  float(density_bias), WHITE=bool(white_background), BLOCK_C=block_c,
+                                  **fixed(BLOCK_R=block_r, num_warps=4))
     return feat, depth, opacity, weights
 
 
@@ -238,7 +250,7 @@ def ray_march_backward(grad_features, grad_depth, grad_opacity, grad_weights, co
     dots = torch.empty((R, S), dtype=torch.float32, device=colors.device) if grad_features is not None else trans
     dummy = densities  # a valid pointer for the absent gradients (never read: HAS_* are constexpr False)
     block_r, block_c = _blocks(R, C)
-    grid = (triton.cdiv(R, block_r),)
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]),)  # noqa: E731
     launch(_backward_kernel)[grid](
         colors, densities, depths,
         grad_features if grad_features is not None else colors,
@@ -247,6 +259,7 @@ def ray_march_backward(grad_features, grad_depth, grad_opacity, grad_weights, co
         grad_weights if grad_weights is not None else dummy,
         trans, dots, grad_colors, grad_dens, R, S, C, float(density_bias),
         WHITE=bool(white_background), HAS_GF=grad_features is not None, HAS_GD=grad_depth is not None,
-        HAS_GO=grad_opacity is not None, HAS_GW=grad_weights is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+        HAS_GO=grad_opacity is not None, HAS_GW=grad_weights is not None, BLOCK_C=block_c,
+        **fixed(BLOCK_R=block_r, num_warps=4),
     )
     return grad_colors, grad_dens

@@ -4,10 +4,12 @@ with host launchers.
 The planes are read channels-last ([B, 3, H, W, C], the layout oneshot.ops hands over), so a tile of BLOCK_M
 points x BLOCK_C channels of one tap is BLOCK_M contiguous runs. One program owns BLOCK_M points of one batch
 and loops over channel blocks; the tap geometry is computed once per program. Backward: the planes' gradient
-is scattered with atomic adds into a float32 channels-last buffer (so its summation order varies, as with
-grid_sample); the points' gradient reduces <grad_out, tap> over the channels inside the program, so each
-point is written once. Accumulation is float32; planes may be float16 / bfloat16 with float32 points.
-Kernels and launchers only: registration and autograd live in oneshot.ops.
+is scattered with relaxed atomic adds (a sum orders nothing) into a float32 channels-last buffer (so its
+summation order varies, as with grid_sample); the points' gradient reduces <grad_out, tap> over the channels
+inside the program, so each point is written once. Accumulation is float32; planes may be float16 / bfloat16
+with float32 points. Autotuned over BLOCK_M and num_warps per (C, switches, dtypes); the point count and the
+plane size are not specialised (see _common). Kernels and launchers only: registration and autograd live in
+oneshot.ops.
 """
 
 from __future__ import annotations
@@ -16,30 +18,22 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launch, next_pow2
+from ._common import autotune, configs, fixed, launch, next_pow2, taps
 
-__all__ = ["triplane_forward", "triplane_backward"]
+__all__ = ["triplane_forward", "triplane_backward", "FORWARD_CONFIGS", "BACKWARD_CONFIGS"]
 
 REDUCE = {"mean": 0, "sum": 1, "none": 2}
+
+# BLOCK_M points a program (BLOCK_C, the channel tile, follows C: see _blocks). Tuned per (C, dtypes, switches).
+FORWARD_CONFIGS = configs([{"BLOCK_M": 32}], warps=(2, 4)) + configs([{"BLOCK_M": 64}, {"BLOCK_M": 128}],
+                                                                     warps=(4, 8))
+BACKWARD_CONFIGS = configs([{"BLOCK_M": 32}, {"BLOCK_M": 64}], warps=(2, 4)) + configs([{"BLOCK_M": 128}],
+                                                                                       warps=(4, 8))
 
 
 @triton.jit
 def _coord(px, py, pz, a):
     return tl.where(a == 0, px, tl.where(a == 1, py, pz))
-
-
-@triton.jit
-def _taps(x, y, W, H):
-    """grid_sample(bilinear, zeros, align_corners=False) geometry at normalised (x, y): top-left tap, fractions,
-    and whether any tap can be inside (False also for NaN)."""
-    ix = ((x + 1.0) * W - 1.0) / 2.0
-    iy = ((y + 1.0) * H - 1.0) / 2.0
-    anyin = (ix >= -1.0) & (ix < W) & (iy >= -1.0) & (iy < H)
-    ix = tl.where(anyin, ix, 0.0)
-    iy = tl.where(anyin, iy, 0.0)
-    fx = tl.floor(ix)
-    fy = tl.floor(iy)
-    return fx.to(tl.int32), fy.to(tl.int32), ix - fx, iy - fy, anyin
 
 
 @triton.jit
@@ -54,14 +48,14 @@ def _scaled_points(points_ptr, b, m64, M, mmask, scale):
 
 @triton.jit
 def _plane_taps(px, py, pz, p: tl.constexpr, a00, a01, a10, a11, a20, a21, W, H):
-    """The coordinate pair plane p reads, and the tap geometry there (see _taps)."""
+    """The coordinate pair plane p reads, and the tap geometry there (see taps)."""
     if p == 0:
         ax, ay = a00, a01
     elif p == 1:
         ax, ay = a10, a11
     else:
         ax, ay = a20, a21
-    x0, y0, tx, ty, anyin = _taps(_coord(px, py, pz, ax), _coord(px, py, pz, ay), W, H)
+    x0, y0, tx, ty, anyin = taps(_coord(px, py, pz, ax), _coord(px, py, pz, ay), W, H)
     return ax, ay, x0, y0, tx, ty, anyin
 
 
@@ -77,8 +71,12 @@ def _tap(x0, y0, tx, ty, live, k: tl.constexpr, W, H, C):
     return (yi.to(tl.int64) * W + xi) * C, inside, wx, wy
 
 
-@triton.jit
-def _forward_kernel(planes_ptr, points_ptr, out_ptr, M, C, H, W, scale, a00, a01, a10, a11, a20, a21,
+@autotune(FORWARD_CONFIGS, key=["C", "REDUCE"])
+@triton.jit(do_not_specialize=["M", "H", "W"])
+def _forward_kernel(planes_ptr,  # [B, 3, H, W, C] channels-last planes
+                    points_ptr,  # [B, M, 3] float32
+                    out_ptr,  # [B, M, C], or [B, 3, M, C] with REDUCE == 2 ("none")
+                    M, C, H, W, scale, a00, a01, a10, a11, a20, a21,
                     REDUCE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -110,10 +108,16 @@ def _forward_kernel(planes_ptr, points_ptr, out_ptr, M, C, H, W, scale, a00, a01
             tl.store(dst, total.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & cmask[None, :])
 
 
-@triton.jit
-def _backward_kernel(grad_ptr, planes_ptr, points_ptr, gplanes_ptr, gpoints_ptr, M, C, H, W, scale,
-                     a00, a01, a10, a11, a20, a21, REDUCE: tl.constexpr, NEED_PLANES: tl.constexpr,
-                     NEED_POINTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+@autotune(BACKWARD_CONFIGS, key=["C", "REDUCE", "NEED_PLANES", "NEED_POINTS"], reset_to_zero=["gplanes_ptr"])
+@triton.jit(do_not_specialize=["M", "H", "W"])
+def _backward_kernel(grad_ptr,  # [B, M, C], or [B, 3, M, C] with REDUCE == 2
+                     planes_ptr,  # [B, 3, H, W, C] channels-last planes
+                     points_ptr,  # [B, M, 3] float32
+                     gplanes_ptr,  # [B, 3, H, W, C] float32, zeroed, added into (a 1-element dummy without NEED_PLANES)
+                     gpoints_ptr,  # [B, M, 3], written (points_ptr without NEED_POINTS)
+                     M, C, H, W, scale, a00, a01, a10, a11, a20, a21, REDUCE: tl.constexpr,
+                     NEED_PLANES: tl.constexpr, NEED_POINTS: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mmask = m < M
@@ -143,7 +147,8 @@ def _backward_kernel(grad_ptr, planes_ptr, points_ptr, gplanes_ptr, gpoints_ptr,
                 off, inside, wx, wy = _tap(x0, y0, tx, ty, anyin & mmask, k, W, H, C)
                 m2 = inside[:, None] & cmask[None, :]
                 if NEED_PLANES:
-                    tl.atomic_add(gplane + off[:, None] + c[None, :], (wx * wy)[:, None] * g, mask=m2)
+                    # relaxed: a sum, nothing is ordered by it
+                    tl.atomic_add(gplane + off[:, None] + c[None, :], (wx * wy)[:, None] * g, mask=m2, sem="relaxed")
                 if NEED_POINTS:
                     v = tl.load(plane + off[:, None] + c[None, :], mask=m2, other=0.0).to(tl.float32)
                     d = tl.sum(g * v, axis=1)
@@ -166,12 +171,14 @@ def _backward_kernel(grad_ptr, planes_ptr, points_ptr, gplanes_ptr, gpoints_ptr,
 
 
 def _blocks(C: int) -> tuple[int, int]:
+    """(BLOCK_M when not autotuned, BLOCK_C): a channel tile of up to 64, about 1K elements a tile."""
     block_c = min(next_pow2(max(C, 1)), 64)
     return max(16, 4096 // block_c // 4), block_c
 
 
 def triplane_forward(planes_cl: torch.Tensor, points: torch.Tensor, box_warp: float, axes, reduce: str):
-    """planes_cl [B, 3, H, W, C] contiguous, points [B, M, 3] contiguous -> [B, M, C] or [B, 3, M, C]."""
+    """planes_cl [B, 3, H, W, C] contiguous, points [B, M, 3] contiguous, axes the 6 flat plane axes, reduce "mean" /
+    "sum" / "none" -> [B, M, C] or [B, 3, M, C] (none), in the planes' dtype."""
     B, _, H, W, C = planes_cl.shape
     M = points.shape[1]
     shape = (B, 3, M, C) if reduce == "none" else (B, M, C)
@@ -179,16 +186,17 @@ def triplane_forward(planes_cl: torch.Tensor, points: torch.Tensor, box_warp: fl
     if out.numel() == 0:
         return out
     block_m, block_c = _blocks(C)
-    grid = (triton.cdiv(M, block_m), B)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B)  # noqa: E731
     launch(_forward_kernel)[grid](planes_cl, points, out, M, C, H, W, 2.0 / box_warp, *axes,
-                                  REDUCE=REDUCE[reduce], BLOCK_M=block_m, BLOCK_C=block_c)
+                                  REDUCE=REDUCE[reduce], BLOCK_C=block_c, **fixed(BLOCK_M=block_m, num_warps=4))
     return out
 
 
 def triplane_backward(grad_out: torch.Tensor, planes_cl: torch.Tensor, points: torch.Tensor, box_warp: float, axes,
                       reduce: str, need_planes: bool, need_points: bool):
-    """-> grad of the planes, channels-last [B, 3, H, W, C] in float32 (empty when not needed), grad of the
-    points [B, M, 3] (empty when not needed)."""
+    """grad_out as triplane_forward's output (contiguous), the rest as triplane_forward -> grad of the planes,
+    channels-last [B, 3, H, W, C] in float32 ([0] when not needed), grad of the points [B, M, 3] ([0] when not
+    needed)."""
     B, _, H, W, C = planes_cl.shape
     M = points.shape[1]
     gplanes = torch.zeros((B, 3, H, W, C) if need_planes else (0,), dtype=torch.float32, device=planes_cl.device)
@@ -197,9 +205,12 @@ def triplane_backward(grad_out: torch.Tensor, planes_cl: torch.Tensor, points: t
     if B == 0 or M == 0 or C == 0 or not (need_planes or need_points):
         return gplanes, gpoints
     block_m, block_c = _blocks(C)
-    grid = (triton.cdiv(M, block_m), B)
-    launch(_backward_kernel)[grid](grad_out, planes_cl, points, gplanes if need_planes else planes_cl,
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B)  # noqa: E731
+    # Never an input as the dummy: the autotuner zeroes gplanes_ptr before timing each config.
+    dummy = torch.zeros(1, dtype=torch.float32, device=planes_cl.device)
+    launch(_backward_kernel)[grid](grad_out, planes_cl, points, gplanes if need_planes else dummy,
                                    gpoints if need_points else points, M, C, H, W, 2.0 / box_warp, *axes,
                                    REDUCE=REDUCE[reduce], NEED_PLANES=bool(need_planes),
-                                   NEED_POINTS=bool(need_points), BLOCK_M=block_m, BLOCK_C=block_c)
+                                   NEED_POINTS=bool(need_points), BLOCK_C=block_c,
+                                   **fixed(BLOCK_M=block_m, num_warps=4))
     return gplanes, gpoints
