@@ -18,7 +18,7 @@
 #   TESTS         test files [cuda: the GPU-facing ones; cpu: a short set]; TEST_TIMEOUT seconds a file [120];
 #                 TESTS_BUDGET seconds for all of them [of what is left after the build: cuda 45%, cpu 70%]
 #   SIZES         benchmark size tiers in order [cuda: "quick large"; cpu: quick]; BENCH_OPS [cuda: triplane
-#                 raymarch raster render avatar (the whole model; needs transformers); cpu: triplane raymarch
+#                 raymarch raster render eg3d avatar (the whole model; needs transformers); cpu: triplane raymarch
 #                 render (raster's quick case runs an O(cells x points) reference for half a minute on a CPU)];
 #                 BENCH_BUDGET_S timing budget per case [cuda 0.5, cpu 0.05: one timed call a case, the
 #                 rehearsal proves the plumbing]
