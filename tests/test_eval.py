@@ -78,8 +78,17 @@ def test_ssim_of_identical_images_is_one_and_small_images_are_refused():
 
 
 def test_float32_inputs_give_the_float64_result():
+    """Float32 images are scored in float64: bitwise the result of their float64 copies, and scikit-image's on them."""
     a, b = _images(3)
-    assert torch.allclose(M.ssim(a.float(), b.float()), M.ssim(a.float().double(), b.float().double()), atol=0)
+    a32, b32 = a.float(), b.float()
+    for f in (M.ssim, M.psnr, M.l1):
+        got = f(a32, b32)
+        assert got.dtype == torch.float64 and torch.equal(got, f(a32.double(), b32.double())), f.__name__
+    for i in range(a.shape[0]):
+        ref = skimage_metrics.structural_similarity(_hwc(a32[i].double()), _hwc(b32[i].double()), data_range=1.0,
+                                                    channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                                    use_sample_covariance=False)
+        assert abs(float(M.ssim(a32, b32)[i]) - ref) < 1e-12
 
 
 # -- FID -------------------------------------------------------------------------------------------------------
@@ -363,6 +372,9 @@ def _network_files(d):
     _heads_file(d / "alex.pth", g)
     torch.manual_seed(5)
     sd = {k: v for k, v in FIDInception().state_dict().items() if not k.endswith("num_batches_tracked")}
+    for k, v in sd.items():  # He init: pool3 features of order 1 (PyTorch's default init leaves them ~1e-7)
+        if k.endswith("conv.weight"):
+            sd[k] = torch.randn(v.shape, generator=g) * math.sqrt(2 / v[0].numel())
     sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
     torch.save(sd, d / "inception.pth")
     torch.save(ArcFace((2, 2, 2, 2)).state_dict(), d / "arcface.pth")
@@ -376,7 +388,7 @@ def _evaluate(args, capsys=None):
     return main(["evaluate", "--quiet"] + [str(a) for a in args])
 
 
-def test_evaluate_command_end_to_end_with_every_metric_and_resume(tiny_setup, tmp_path):
+def test_evaluate_command_end_to_end_with_every_metric_and_resume(tiny_setup, tmp_path, one_thread):
     import csv
 
     root, ds, model = tiny_setup
@@ -395,16 +407,27 @@ def test_evaluate_command_end_to_end_with_every_metric_and_resume(tiny_setup, tm
     assert "| PSNR ↑ | SSIM ↑ | CSIM ↑ | AED ↓ | APD ↓ | AKD ↓ | LPIPS ↓ | L1 ↓ | FID ↓ |" in table
     assert (out / "grid.png").is_file()
 
-    # The per-pair PSNR / SSIM are those of the render, recomputed here by hand.
-    from oneshot.eval.protocol import deterministic_renders
-    from oneshot.data import collate_pairs
+    # Every per-pair metric of the first batch, recomputed here from renders made in the test and the network
+    # files; the FID features stored for it are the renders' and the TARGETS' (self-reenactment has ground truth).
+    from oneshot.eval import arcface_crops, load_arcface, load_fid_inception, load_lpips
 
     pairs = [(ds.identities[i][0], t) for i in sorted(ds.identities) for t in ds.identities[i][1:]]
-    with torch.no_grad(), deterministic_renders(model.eval()):
-        b = collate_pairs(ds, pairs[:2], model.face_model)
-        r = (model(b, seed=0, super_resolve=False)["full"].features[:, :3].clamp(-1, 1) + 1) / 2
-    t = (F.interpolate(b["target_image"], size=(32, 32), mode="bilinear", align_corners=False, antialias=True) + 1) / 2
-    assert [float(x) for x in M.psnr(r, t.clamp(0, 1))] == pytest.approx([float(x["psnr"]) for x in rows[:2]], rel=1e-6)
+    assert [(r["source"], r["target"]) for r in rows] == [(ds.samples[a]["id"], ds.samples[b]["id"]) for a, b in pairs]
+    r, t, src = _render_pairs(model, ds, pairs[:2])
+    lpips = load_lpips(tmp_path / "alexnet.pth", tmp_path / "alex.pth")
+    arcface, inception = load_arcface(tmp_path / "arcface.pth"), load_fid_inception(tmp_path / "inception.pth")
+    with torch.no_grad():
+        want = {"psnr": M.psnr(r, t), "ssim": M.ssim(r, t), "l1": M.l1(r, t),
+                "lpips": lpips(r * 2 - 1, t * 2 - 1).double(),
+                "csim": M.cosine_similarity(arcface(arcface_crops(r)), arcface(arcface_crops(t)))}
+        f_render, f_target, f_source = inception(r).double(), inception(t).double(), inception(src).double()
+    for m, v in want.items():
+        got = [float(row[m]) for row in rows[:2]]
+        assert got == pytest.approx(v.tolist(), rel=1e-5, abs=1e-6), m
+    first = torch.load(sorted((out / "features").glob("*.pt"))[0], weights_only=True)
+    torch.testing.assert_close(first["fake"], f_render, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(first["real"], f_target, rtol=1e-4, atol=1e-5)
+    assert float((f_source - f_target).abs().max()) > 1e-2  # the source's would differ
 
     # Interrupted after the first batch: --resume finishes it with the same numbers; without it, a named error.
     lines = (out / "samples.jsonl").read_text().splitlines()
@@ -421,8 +444,8 @@ def test_evaluate_command_end_to_end_with_every_metric_and_resume(tiny_setup, tm
         assert got.get("mean", got.get("value")) == pytest.approx(want.get("mean", want.get("value")), rel=1e-9), k
 
 
-def test_evaluate_skips_metrics_without_weights_and_says_what_they_need(tiny_setup, tmp_path, capsys):
-    root, _, _ = tiny_setup
+def test_evaluate_skips_metrics_without_weights_and_says_what_they_need(tiny_setup, tmp_path, capsys, one_thread):
+    root, ds, _ = tiny_setup
     args = ["--checkpoint", root / "avatar.safetensors", "--data", root / "data", "--no-sr", "--no-faces"]
     assert _evaluate(args + ["--protocol", "reconstruction", "--out", tmp_path / "r"]) == 0
     s = json.loads((tmp_path / "r" / "metrics.json").read_text())
@@ -437,14 +460,46 @@ def test_evaluate_skips_metrics_without_weights_and_says_what_they_need(tiny_set
     # cross-identity has no ground truth: with nothing to compute it it is refused, naming what it needs.
     assert _evaluate(args + ["--protocol", "cross", "--out", tmp_path / "c"]) == 2
     assert "--arcface (CSIM), --inception (FID) or the faces extra" in capsys.readouterr().err
-    assert _evaluate(args + ["--protocol", "self", "--pairs", tmp_path / "x", "--out", tmp_path / "d"]) == 2
+    # --pairs outside the cross protocol: refused while checking the arguments (the file exists: not "no such file")
+    ids = sorted(ds.identities)
+    (tmp_path / "pairs.txt").write_text(f"{ids[0]} {ids[1]}\n")
+    assert _evaluate(args + ["--protocol", "self", "--pairs", tmp_path / "pairs.txt", "--out", tmp_path / "d"]) == 2
+    assert "error: --pairs is for --protocol cross, not self" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # before anything was loaded or written
     assert _evaluate(["--checkpoint", tmp_path / "none.safetensors", "--data", root / "data", "--protocol", "self",
                       "--out", tmp_path / "e"]) == 2
     assert "--checkpoint: no such file" in capsys.readouterr().err
 
 
-def test_cross_protocol_scores_identity_against_the_source(tiny_setup, tmp_path):
-    root, ds, _ = tiny_setup
+def _render_pairs(model, ds, pairs):
+    """(renders, targets, sources) [B, 3, r, r] in [0, 1] of `pairs` (one batch), as the protocol scores them:
+    deterministic samples, seed 0, the raw render; images matted and resized (bilinear, antialiased) to its size."""
+    from oneshot.data import collate_pairs
+    from oneshot.eval.protocol import deterministic_renders
+
+    with torch.no_grad(), deterministic_renders(model.eval()):
+        b = collate_pairs(ds, pairs, model.face_model)
+        r = (model(b, seed=0, super_resolve=False)["full"].features[:, :3].clamp(-1, 1) + 1) / 2
+    size = r.shape[-1]
+
+    def fit(x):
+        return ((F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True) + 1) / 2
+                ).clamp(0, 1)
+    return r, fit(b["target_image"]), fit(b["source_image"])
+
+
+def _stored_features(out):
+    feats = [torch.load(f, weights_only=True) for f in sorted((out / "features").glob("*.pt"))]
+    return torch.cat([f["real"] for f in feats]), torch.cat([f["fake"] for f in feats])
+
+
+def test_cross_protocol_scores_identity_against_the_source(tiny_setup, tmp_path, one_thread):
+    """No ground truth: each pair's CSIM is the ArcFace cosine of its render and its SOURCE, and FID compares the
+    renders with the sources. Both recomputed here from renders made in the test; the driver would give other
+    numbers, so scoring against it (or swapping source and driver) fails."""
+    from oneshot.eval import arcface_crops, build_pairs, load_arcface, load_fid_inception
+
+    root, ds, model = tiny_setup
     nets = _network_files(tmp_path)
     out = tmp_path / "cross"
     assert _evaluate(["--checkpoint", root / "avatar.safetensors", "--data", root / "data", "--protocol", "cross",
@@ -452,9 +507,29 @@ def test_cross_protocol_scores_identity_against_the_source(tiny_setup, tmp_path)
     s = json.loads((out / "metrics.json").read_text())
     assert set(s["metrics"]) == {"csim", "fid"} and s["pairs"] == 3
     assert "| CSIM ↑ | AED ↓ | APD ↓ | FID ↓ |" in (out / "table.md").read_text()
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    pairs = build_pairs(ds, "cross", max_targets=1)
+    assert [(r["source"], r["target"]) for r in rows] == [(ds.samples[a]["id"], ds.samples[b]["id"]) for a, b in pairs]
+    assert all(ds.samples[a]["identity"] != ds.samples[b]["identity"] for a, b in pairs)
+
+    render, driver, source = _render_pairs(model, ds, pairs)
+    arcface, inception = load_arcface(tmp_path / "arcface.pth"), load_fid_inception(tmp_path / "inception.pth")
+    with torch.no_grad():
+        e = arcface(arcface_crops(render))
+        csim_source = M.cosine_similarity(e, arcface(arcface_crops(source)))
+        csim_driver = M.cosine_similarity(e, arcface(arcface_crops(driver)))
+        f_render, f_source, f_driver = (inception(x).double() for x in (render, source, driver))
+    got = torch.tensor([r["csim"] for r in rows], dtype=torch.float64)
+    torch.testing.assert_close(got, csim_source, rtol=1e-5, atol=1e-6)
+    assert float((csim_driver - csim_source).abs().min()) > 1e-3, (csim_source, csim_driver)
+    real, fake = _stored_features(out)
+    torch.testing.assert_close(fake, f_render, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(real, f_source, rtol=1e-4, atol=1e-5)
+    assert float((f_driver - f_source).abs().max()) > 1e-2
+    assert s["metrics"]["fid"]["value"] == pytest.approx(M.fid_from_features(f_source, f_render), rel=1e-5)
 
 
-def test_evaluate_scores_what_the_checkpoint_trained(tiny_setup, tmp_path, capsys):
+def test_evaluate_scores_what_the_checkpoint_trained(tiny_setup, tmp_path, capsys, one_thread):
     """By default the super-resolved output when the checkpoint records its SR network trained, else the raw render
     (with a note); the scores are recomputed from renders made here, so a label that lies cannot pass."""
     from oneshot.data import collate_pairs
