@@ -387,5 +387,10 @@ def test_estimate_face_with_the_regressor_uses_its_pose(tmp_path):
     assert est.error is None and est.image.shape == (1, 3, 64, 64)
     assert torch.allclose(est.coeffs.rotation, torch.tensor([[0.1, -0.2, 0.05]]))
     assert torch.allclose(est.camera, pose_to_camera(torch.tensor([[0.1, -0.2, 0.05]]), torch.tensor([[0.3, -0.1, 0.0]])))
+    # RGB and a matte channel (what data prepare passes): the matte is cropped along, the regressor sees the RGB
+    rgba = torch.cat([torch.rand(1, 3, 300, 300), torch.ones(1, 1, 300, 300)], 1)
+    est4 = estimate_face(rgba, lm, model=bfm, recon=net, size=64)
+    assert est4.image.shape == (1, 4, 64, 64) and torch.allclose(est4.image[:, 3:], torch.ones(1, 1, 64, 64))
+    assert torch.equal(est4.image[:, :3], estimate_face(rgba[:, :3], lm, model=bfm, recon=net, size=64).image)
     with pytest.raises(ValueError, match=r"landmark fitting needs the 68 iBUG landmarks"):
         estimate_face(torch.rand(1, 3, 300, 300), lm, model=bfm, size=64)
