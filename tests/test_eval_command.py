@@ -10,9 +10,8 @@ import json
 import shutil
 
 import pytest
-import torch
 
-from test_eval import _network_files, tiny_setup  # noqa: F401 - tiny_setup is a fixture
+from test_eval_protocol import _network_files, tiny_setup  # noqa: F401 - tiny_setup is a fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
