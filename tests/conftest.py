@@ -148,3 +148,11 @@ def grads(outputs, inputs, cotangents):
     gs = torch.autograd.grad([o for o, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True)
     # An input no used output depends on gets None from autograd: that is a zero gradient.
     return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(gs, inputs))
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: the tiny avatar's small convolutions run several times slower with two
+    threads on a shared 2-core CPU (and results within a test then come from one thread count)."""
+    with num_threads(1):
+        yield

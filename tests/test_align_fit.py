@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oneshot import cameras
@@ -52,13 +52,81 @@ def test_euler_rotation_hand_values():
     assert torch.allclose(euler_rotation(ang), parts[0] @ parts[1] @ parts[2])
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.floats(-1.5, 1.5), st.floats(-1.5, 1.5), st.floats(-3.1, 3.1))
-def test_rotation_to_euler_inverts(a, b, c):
+# Rz(c) Ry(b) Rx(a) from Rodrigues' formula about each axis, R = I + sin(t) K + (1 - cos(t)) K^2 with K the axis's
+# cross-product matrix: a reference for rotation_to_euler that calls neither it nor euler_rotation.
+_AXES = torch.tensor([[[0, 0, 0], [0, 0, -1], [0, 1, 0]],  # x
+                      [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],  # y
+                      [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=torch.float64)  # z
+
+
+def _rodrigues(angles: torch.Tensor) -> torch.Tensor:  # [B, 3] (a, b, c) -> [B, 3, 3]
+    def about(k):
+        t = angles[:, k, None, None]
+        K = _AXES[k]
+        return torch.eye(3, dtype=torch.float64) + torch.sin(t) * K + (1 - torch.cos(t)) * (K @ K)
+
+    return about(2) @ about(1) @ about(0)
+
+
+def _wrap(x: torch.Tensor) -> torch.Tensor:  # to (-pi, pi]
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+
+
+def _assert_angles(got: torch.Tensor, want: torch.Tensor, atol: float) -> None:
+    d = _wrap(got - want).abs()  # -pi and pi are one angle
+    assert float(d.max()) < atol, (got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@example(0.3, 1.5707, -2.0)  # cos(b) = 1e-4: the regular branch at its worst conditioning
+@example(-3.14, -1.5707, 3.14)
+@given(st.floats(-3.14, 3.14), st.floats(-1.5707, 1.5707), st.floats(-3.14, 3.14))
+def test_rotation_to_euler_recovers_the_angles_of_a_rotation_built_independently(a, b, c):
+    """Away from gimbal lock (|b| < pi/2) the angles are unique with b in [-pi/2, pi/2]: they come back."""
     ang = torch.tensor([[a, b, c]], dtype=torch.float64)
-    back = rotation_to_euler(euler_rotation(ang))
-    assert torch.allclose(euler_rotation(back), euler_rotation(ang), atol=1e-10)
-    assert torch.allclose(back, ang, atol=1e-8)
+    got = rotation_to_euler(_rodrigues(ang))
+    _assert_angles(got, ang, 1e-12 + 1e-14 / math.cos(b))  # cos(b) small: a and c are ill-conditioned
+    assert torch.allclose(_rodrigues(got), _rodrigues(ang), atol=1e-10)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_rotation_to_euler_in_gimbal_lock_keeps_the_rotation(sign):
+    """b = +-pi/2: only a - c (b = pi/2) or a + c (b = -pi/2) is defined; the function returns c = 0 and puts the
+    whole rotation about the locked axis into a. Closed form: with b = pi/2, Rz(c) Ry(pi/2) Rx(a) = Ry(pi/2) Rx(a - c);
+    with b = -pi/2 it is Ry(-pi/2) Rx(a + c). Inputs: exact matrices (cos b = 0) and ones built by
+    Rodrigues' formula (cos b ~ 1e-17, rounding noise in the entries the regular branch would divide)."""
+    g = torch.Generator().manual_seed(0 if sign > 0 else 1)
+    a = (torch.rand(16, generator=g, dtype=torch.float64) * 2 - 1) * 3
+    c = (torch.rand(16, generator=g, dtype=torch.float64) * 2 - 1) * 3
+    ang = torch.stack([a, torch.full_like(a, sign * math.pi / 2), c], 1)
+    want = torch.stack([_wrap(a - sign * c), ang[:, 1], torch.zeros_like(a)], 1)
+    s, co = torch.sin(a - sign * c), torch.cos(a - sign * c)
+    z = torch.zeros_like(a)
+    # Ry(sign pi/2) Rx(t), written out: rows [0, sign sin t, sign cos t], [0, cos t, -sin t], [-sign, 0, 0]
+    exact = torch.stack([torch.stack([z, sign * s, sign * co], 1), torch.stack([z, co, -s], 1),
+                         torch.stack([z - sign, z, z], 1)], 1)
+    assert torch.allclose(exact, _rodrigues(ang), atol=1e-12)
+    for rot in (exact, _rodrigues(ang)):
+        got = rotation_to_euler(rot)
+        _assert_angles(got, want, 1e-9)
+        assert torch.allclose(_rodrigues(got), rot, atol=1e-12)
+    # just inside the lock threshold (cos b = 1e-7): the same convention, the rotation kept to ~1e-7
+    near = ang.clone()
+    near[:, 1] = sign * (math.pi / 2 - 1e-7)
+    got = rotation_to_euler(_rodrigues(near))
+    _assert_angles(got, want, 1e-6)
+    assert torch.allclose(_rodrigues(got), _rodrigues(near), atol=1e-6)
+
+
+def test_rotation_to_euler_of_random_rotations_composes_back():
+    """Any rotation (uniform on SO(3), QR of Gaussians): the returned angles rebuild it."""
+    g = torch.Generator().manual_seed(2)
+    q, r = torch.linalg.qr(torch.randn(64, 3, 3, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2))[:, None, :]
+    q = q * torch.det(q)[:, None, None]  # det +1
+    got = rotation_to_euler(q)
+    assert float(got[:, 1].abs().max()) <= math.pi / 2
+    assert torch.allclose(_rodrigues(got), q, atol=1e-12)
 
 
 def test_identity_pose_is_the_frontal_camera_at_radius_2_7():
@@ -319,5 +387,10 @@ def test_estimate_face_with_the_regressor_uses_its_pose(tmp_path):
     assert est.error is None and est.image.shape == (1, 3, 64, 64)
     assert torch.allclose(est.coeffs.rotation, torch.tensor([[0.1, -0.2, 0.05]]))
     assert torch.allclose(est.camera, pose_to_camera(torch.tensor([[0.1, -0.2, 0.05]]), torch.tensor([[0.3, -0.1, 0.0]])))
+    # RGB and a matte channel (what data prepare passes): the matte is cropped along, the regressor sees the RGB
+    rgba = torch.cat([torch.rand(1, 3, 300, 300), torch.ones(1, 1, 300, 300)], 1)
+    est4 = estimate_face(rgba, lm, model=bfm, recon=net, size=64)
+    assert est4.image.shape == (1, 4, 64, 64) and torch.allclose(est4.image[:, 3:], torch.ones(1, 1, 64, 64))
+    assert torch.equal(est4.image[:, :3], estimate_face(rgba[:, :3], lm, model=bfm, recon=net, size=64).image)
     with pytest.raises(ValueError, match=r"landmark fitting needs the 68 iBUG landmarks"):
         estimate_face(torch.rand(1, 3, 300, 300), lm, model=bfm, size=64)

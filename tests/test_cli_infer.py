@@ -284,6 +284,49 @@ def test_a_crash_mid_video_keeps_the_finished_frames_and_resume_completes(world,
     assert not (tmp_path / "out_frames").exists() and not (tmp_path / "out.partial.mp4").exists()
 
 
+def test_frames_rendered_after_a_resume_equal_an_uninterrupted_run(world, tmp_path, monkeypatch):
+    """Killed after the first batch, then resumed: the PNG frames, the video and the side-by-side equal an
+    uninterrupted run's, bitwise. With --relative-pose the motion is relative to the first driving frame, which the
+    resumed run does not render again but must still take as the reference."""
+    from oneshot.models import OneShotAvatar
+
+    # the source is the second portrait (the first driving frame, the reference, is another head pose)
+    (tmp_path / "source.json").write_text(json.dumps({"landmarks": world["lm"][1].tolist()}))
+    common = ("animate", "--checkpoint", world["ckpt"], world["images"] / "000001.png", world["images"],
+              "--landmarks", tmp_path / "source.json", "--driving-landmarks", world["root"] / "driving.json",
+              "--batch", 2, "--no-sr", "--relative-pose", "--keep-frames", "--quiet")
+    full, out = tmp_path / "full" / "out.mp4", tmp_path / "resumed" / "out.mp4"
+    assert _run(*common, "--out", full) == 0
+    calls = []
+    original = OneShotAvatar.animate
+
+    def killed_in_the_second_batch(self, *args, **kwargs):
+        calls.append(args[2].shape[0])  # (avatar, coeffs, cameras [F, 25])
+        if len(calls) == 2:
+            raise RuntimeError("killed (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OneShotAvatar, "animate", killed_in_the_second_batch)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _run(*common, "--out", out)
+    calls.clear()
+    assert _run(*common, "--out", out, "--resume") == 0
+    assert calls == [2]  # frames 2 and 3 rendered again, 0 and 1 reused
+    names = [f"{i:06d}.png" for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "full" / "out_frames").glob("*.png")) == names
+    for name in names:
+        a, b = read_image(tmp_path / "full" / "out_frames" / name), read_image(tmp_path / "resumed" / "out_frames" / name)
+        assert np.array_equal(a, b), name
+    for video in ("out.mp4", "out_compare.mp4"):
+        assert np.array_equal(_frames(tmp_path / "full" / video), _frames(tmp_path / "resumed" / video)), video
+    # the relative pose matters here: the re-rendered frames are not those of each frame's absolute pose
+    absolute = tmp_path / "absolute" / "out.mp4"
+    monkeypatch.setattr(OneShotAvatar, "animate", original)
+    assert _run(*[c for c in common if c != "--relative-pose"], "--out", absolute) == 0
+    assert not np.array_equal(read_image(tmp_path / "absolute" / "out_frames" / names[3]),
+                              read_image(tmp_path / "full" / "out_frames" / names[3]))
+
+
 def test_without_the_faces_extra_the_error_names_it(world, tmp_path, monkeypatch):
     from oneshot.face3d import detect
 

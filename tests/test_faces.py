@@ -298,37 +298,3 @@ def test_data_prepare_video_and_image_folder_resumable(driving_video, tmp_path):
         prepare([folder], out, frames=0)
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         prepare([tmp_path / "missing"], out)
-
-
-@needs_faces
-@needs_assets
-def test_evaluate_self_reenactment_on_a_video_with_the_landmark_metrics(tiny_ckpt, driving_video, tmp_path):
-    """`oneshot evaluate --data VIDEO`: the video is prepared (detected, fitted, cropped) and its first frame is
-    driven by the others; AED / APD / AKD come from the face front end's landmarks. The landmark
-    metrics of a crop against itself are exactly 0, and AKD sees a known shift."""
-    from oneshot.data import FaceDataset
-    from oneshot.eval import Scorer
-    from oneshot.face3d import load_model
-    from oneshot.face3d.detect import FaceFrontEnd
-
-    out = tmp_path / "eval"
-    from oneshot.cli import main
-
-    assert main(["evaluate", "--checkpoint", str(tiny_ckpt), "--data", str(driving_video[0]), "--protocol", "self",
-                 "--frames", "4", "--no-sr", "--out", str(out), "--quiet"]) == 0
-    s = json.loads((out / "metrics.json").read_text())
-    assert s["pairs"] == 3 and s["identities"] == 1 and {"psnr", "ssim", "l1"} <= set(s["metrics"])
-    assert not {"aed", "apd", "akd"} & set(s["skipped"])
-    for m in ("aed", "apd", "akd"):  # an untrained model renders no face: counted as missing, not averaged
-        assert s["metrics"][m]["n"] + s["metrics"][m]["missing"] == 3
-    ds = FaceDataset(out / "data")
-    crops = torch.stack([(ds[i]["image"] + 1) / 2 for i in range(2)])
-    with FaceFrontEnd(max_faces=1) as front:
-        scorer = Scorer(faces=front, face_model=load_model())
-        same = scorer.score("self", crops, crops, crops)
-        for m in ("aed", "apd", "akd"):
-            assert torch.equal(same[m], torch.zeros(2, dtype=torch.float64)), m
-        shift = 8  # pixels of the crop (the model's input size); AKD is in pixels of a 256 frame
-        moved = scorer.score("self", torch.roll(crops, shift, dims=-1), crops, crops)
-        assert moved["akd"].tolist() == pytest.approx([shift * 256 / crops.shape[-1]] * 2, abs=1.0)
-        assert (moved["apd"] > 0).all()

@@ -208,9 +208,9 @@ class FaceEstimate(NamedTuple):
 
 def estimate_face(image: Tensor, landmarks: Tensor, *, model: MorphableModel | None = None, recon=None,
                   size: int = 512, **fit_kwargs) -> FaceEstimate:
-    """Preprocess portraits for the avatar: crop [B, 3, H, W] images (float, [0, 1]) around their landmarks
-    [B, 68 or 5, 2] as EG3D frames a face (`size` x `size`, focal :data:`oneshot.cameras.FOCAL`) and estimate
-    the coefficients and camera label.
+    """Preprocess portraits for the avatar: crop [B, 3, H, W] images (float, [0, 1]; or [B, 4, H, W], RGB and a
+    matte cropped with it) around their landmarks [B, 68 or 5, 2] as EG3D frames a face (`size` x `size`, focal
+    :data:`oneshot.cameras.FOCAL`) and estimate the coefficients and camera label.
 
     With `recon` (a :class:`~oneshot.face3d.ReconNet`, e.g. from ``load_recon_checkpoint``) the coefficients are
     regressed from Deep3DFaceRecon's 224 crop (`model` must then be the BFM they belong to); without it, the
@@ -221,7 +221,7 @@ def estimate_face(image: Tensor, landmarks: Tensor, *, model: MorphableModel | N
     model = builtin_model() if model is None else model
     crop = align_face(image, landmarks, size=size, focal=cameras.FOCAL, padding_mode="border")
     if recon is not None:
-        aligned = align_face(image, landmarks, size=224, focal=RECON_FOCAL)
+        aligned = align_face(image[..., :3, :, :], landmarks, size=224, focal=RECON_FOCAL)  # RGB only
         with torch.no_grad():
             coeffs = recon.coeffs(aligned.image.clamp(0, 1), model)
         camera = pose_to_camera(coeffs.rotation, coeffs.translation, focal=cameras.FOCAL)
