@@ -107,7 +107,10 @@ def test_16bit_planes_are_sampled_in_float32(device, low):
     ref, rgrads = _grads(lambda *a: reference_render_triplane(*a, 1.0, AXES, True, -1.0), args, cots)
     assert out.features.dtype == torch.float32 and grads[0].dtype == low
     _compare(out, ref, 2e-4, 2e-5, NAMES)
-    _compare([x.float() for x in grads], [x.float() for x in rgrads], 1e-2, 1e-3, GRADS)
+    # Only the planes' gradient comes back in the 16-bit dtype: both sides round a float32 sum to it, so they may
+    # differ by one unit in the last place of that dtype (eps relative). The decoder's gradients stay float32.
+    _compare([grads[0].float()], [rgrads[0].float()], torch.finfo(low).eps, 1e-6, GRADS[:1])
+    _compare(grads[1:], rgrads[1:], 2e-4, 2e-5, GRADS[1:])
     with pytest.raises(TypeError, match=r"w1 must have the dtype of planes \(torch.float16\) \(float32 with"):
         render_triplane(args[0].half(), *args[1:4], args[4].double(), *args[5:])
 
@@ -180,8 +183,9 @@ def test_empty_and_errors():
 
 
 @pytest.mark.parametrize("stratified", [False, True])
-def test_volume_renderer_fused_switch_gives_the_composed_render(stratified):
+def test_volume_renderer_fused_switch_gives_the_composed_render(stratified, monkeypatch):
     from oneshot import cameras
+    from oneshot.models import volume
     from oneshot.models.decoder import TriplaneDecoder
     from oneshot.models.volume import RenderSettings, VolumeRenderer
 
@@ -190,10 +194,25 @@ def test_volume_renderer_fused_switch_gives_the_composed_render(stratified):
     dec = TriplaneDecoder(8, 16, 8).double()
     cam = cameras.orbit_labels(2, yaw_range=0.5, pitch_range=0.1).double()
     results = []
+    calls = {"render_triplane": 0, "triplane_sample": 0}
+
+    def spied(name):
+        real = getattr(volume, name)
+
+        def spy(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return spy
+
     for fused in (False, True):
         s = RenderSettings(samples=10, importance_samples=10, stratified=stratified, clip_to_box=True, fused=fused,
                            chunk=100)
-        out = VolumeRenderer(s)(planes, dec, cam, 12, generator=torch.Generator().manual_seed(4))
+        calls.update(render_triplane=0, triplane_sample=0)
+        with monkeypatch.context() as m:  # each setting must really take its path: equal outputs cannot tell
+            for name in calls:
+                m.setattr(volume, name, spied(name))
+            out = VolumeRenderer(s)(planes, dec, cam, 12, generator=torch.Generator().manual_seed(4))
+        assert (calls["render_triplane"] > 0, calls["triplane_sample"] > 0) == (fused, not fused), (fused, calls)
         loss = (out.features * torch.linspace(-1, 1, out.features.numel(), dtype=torch.float64).reshape(
             out.features.shape)).sum() + out.depth.sum() + out.opacity.sum()
         results.append(list(out) + list(torch.autograd.grad(loss, [planes] + list(dec.parameters()))))
