@@ -6,7 +6,7 @@ This runs on every machine, GPU or not. It exercises the kernels' own indexing, 
 and shuffles, shared-memory tiling, barriers, point-range splitting and merge, reverse sweeps, scratch paths
 and dtype handling; the emulator refuses barrier and shuffle misuse that CUDA leaves undefined. It cannot show
 speed, the memory model of real hardware, nvcc's code generation or CUDA's libm: tests/test_cuda.py does that
-on a GPU.
+on a GPU. render_triplane's kernels have their own file, tests/test_cuda_emu_render.py.
 """
 
 from __future__ import annotations
@@ -583,61 +583,3 @@ def test_rasterize_non_contiguous_and_deterministic_mode():
     assert torch.equal(index, want_index) and torch.equal(planes, want_planes)
     with deterministic_mode("rasterize_points_backward"):
         E().rasterize_points_backward(torch.ones_like(planes), index, 40)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# render_triplane (fused sample + decoder + composite)
-
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
-@pytest.mark.parametrize("clip", [False, True])
-def test_render_triplane_matches_the_reference(dtype, tol, clip):
-    from test_render_triplane import _scene
-
-    args = _scene(B=2, R=5, S=6, C=4, H=5, W=6, Hd=5, Co=3, dtype=dtype, seed=3)
-    flat = [0, 1, 0, 2, 2, 1]
-    out = E().render_triplane(*args, 1.0, flat, clip, -1.0)
-    want = ops.reference_render_triplane(*args, 1.0, ((0, 1), (0, 2), (2, 1)), clip, -1.0)
-    for got, exp in zip(out, want):
-        assert torch.allclose(got, exp, rtol=tol, atol=tol), float((got - exp).abs().max())
-    # the backward, with every incoming gradient and with only some
-    g = torch.Generator().manual_seed(5)
-    cots = [torch.randn(x.shape, generator=g, dtype=dtype) for x in want]
-    for which in ((0, 1, 2, 3), (0,), (1, 3)):
-        gin = [cots[k] if k in which else None for k in range(4)]
-        got = E().render_triplane_backward(*gin, *args, 1.0, flat, clip, -1.0)
-        leaves = [a.clone().requires_grad_(i in (0, 4, 5, 6, 7)) for i, a in enumerate(args)]
-        ref = ops.reference_render_triplane(*leaves, 1.0, ((0, 1), (0, 2), (2, 1)), clip, -1.0)
-        loss = sum((x * c).sum() for x, c in zip(ref, gin) if c is not None)
-        exp = torch.autograd.grad(loss, [leaves[i] for i in (0, 4, 5, 6, 7)])
-        for name, a, b in zip(("planes", "w1", "b1", "w2", "b2"), got, exp):
-            assert torch.allclose(a, b, rtol=tol, atol=tol), (which, name, float((a - b).abs().max()))
-
-
-def test_render_triplane_refuses_what_it_cannot_hold():
-    from test_render_triplane import _scene
-
-    args = _scene(B=1, R=2, S=3, C=130, H=3, W=3, Hd=2, Co=2, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"supports C <= 128"):
-        E().render_triplane(*args, 1.0, [0, 1, 0, 2, 2, 1], False, -1.0)
-    args = _scene(B=1, R=2, S=3, C=64, H=3, W=3, Hd=160, Co=32, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"keeps the decoder in shared memory"):
-        E().render_triplane(*args, 1.0, [0, 1, 0, 2, 2, 1], False, -1.0)
-
-
-@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
-def test_render_triplane_16bit_planes(low):
-    from test_render_triplane import _scene
-
-    args = list(_scene(B=1, R=4, S=5, C=3, H=4, W=5, Hd=4, Co=2, dtype=torch.float32, seed=7))
-    args[0] = args[0].to(low)
-    flat = [0, 1, 0, 2, 2, 1]
-    out = E().render_triplane(*args, 1.0, flat, True, -1.0)
-    want = ops.render_triplane(*args, clip_to_box=True, backend="native")
-    for got, exp in zip(out, want):
-        assert got.dtype == torch.float32 and torch.allclose(got, exp, rtol=1e-5, atol=1e-6)
-    cot = torch.randn(1, 4, 2)
-    gp, *rest = E().render_triplane_backward(cot, None, None, None, *args, 1.0, flat, True, -1.0)
-    gp_n, *rest_n = torch.ops.oneshot.render_triplane_backward(cot, None, None, None, *args, 1.0, flat, True, -1.0)
-    assert gp.dtype == low and torch.allclose(gp.float(), gp_n.float(), rtol=1e-2, atol=1e-4)
-    for a, b in zip(rest, rest_n):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
