@@ -14,6 +14,9 @@ each within u of the magnitude of its terms, and a factor 2 for the terms' magni
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import example, given, settings
@@ -25,6 +28,7 @@ from render_cases import (AXES_FLAT, AXES_PAIRS, ALL_SUBSETS, GRAD_NAMES, OUT_NA
                           assert_close, bf16_path_reference, bf16_tol, cotangents, reference_grads, scene)
 from test_cuda_emu import E, GRID_CAP, capped, emulated_kernels, grid_x, launches  # noqa: F401 (the fixture)
 
+ROOT = Path(__file__).resolve().parents[1]
 FWD = "render_cuda::render_forward_kernel"
 BWD = "render_cuda::render_backward_kernel"
 LOW = (torch.float16, torch.bfloat16)
@@ -223,18 +227,29 @@ def test_render_shared_memory_plan(dims, warps):
         assert_close(got, exp, 2e-4, 2e-4, name)
 
 
+def ptxas_report():
+    spec = importlib.util.spec_from_file_location("ptxas_report", ROOT / "scripts" / "ptxas_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_render_paper_sizes_use_the_designed_shared_memory():
     """The shared memory of the paper's sizes (C 32, hidden 64, 1 + Co 33), which the occupancy in the kernel's
-    header and scripts/ptxas_report.py are computed from."""
+    header is stated for, and which scripts/ptxas_report.py computes (by its mirror of the layout) for the table
+    in benchmarks/results/ptxas_sm90.md."""
     want = {(torch.bfloat16, FWD): 51648, (torch.bfloat16, BWD): 93264, (torch.float32, FWD): 78272,
-            (torch.float32, BWD): 156752}
-    for dtype in (torch.bfloat16, torch.float32):
+            (torch.float32, BWD): 156752, (torch.float64, FWD): 150656, (torch.float64, BWD): 190608}
+    report = ptxas_report()
+    for dtype, path in ((torch.bfloat16, "bf16 mma"), (torch.float32, "3xTF32 mma"), (torch.float64, "f64 SIMT")):
         args = planes_as(scene(B=1, R=1, S=2, C=32, H=2, W=2, Hd=64, Co=32, seed=8), dtype)
         E()._clear_launch_log()
         emu_render(args, False)
         emu_backward(args, cotangents(args, (0,), 8), False)
-        for name in (FWD, BWD):
-            assert launches(name)[0].endswith(f"smem={want[(dtype, name)]}"), launches(name)
+        for name, kind in ((FWD, "forward"), (BWD, "backward")):
+            threads, smem = report.render_launch(f"render_{kind}_kernel<x, {path}, 1>")
+            assert smem == want[(dtype, name)], (dtype, kind, smem)
+            assert launches(name)[0].endswith(f" block={threads},1,1 smem={smem}"), launches(name)
 
 
 def test_render_triplane_refuses_what_it_cannot_hold():
