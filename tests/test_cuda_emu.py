@@ -505,7 +505,7 @@ def test_rasterize_drawn_shapes(B, N, C, H, W, dtype, align_corners):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("C", [1, 9, 35])
+@pytest.mark.parametrize("C", [1, 8, 9, 35, 36])  # 8, 36: float4 atomics (C % 4 == 0)
 def test_rasterize_backward(dtype, C):
     points, features = cloud(2, 150, C, dtype, seed=8 + C, device="cpu")
     features.requires_grad_()

@@ -5,8 +5,9 @@ Every arithmetic path runs: float64 (SIMT), float32 (3xTF32 on tensor cores), fl
 tensor cores); every subset of incoming gradients (all 15 with -m slow); rays of several 32-sample chunks, several
 rays per warp (the persistent grid), the launch plans that shared memory forces, and bad input.
 
-Tolerances, by path: float64 1e-10 and float32 2e-4 as before the tensor cores (the 3xTF32 split keeps float32's
-accuracy: each product is exact to 2^-22 relative); 16-bit planes against the reference of their arithmetic
+Tolerances, by path: float64 1e-10 and float32 2e-4 as before the tensor cores, and for float32 also
+render_cases.f32_tol, float32's own accuracy (the 3xTF32 split keeps it: each product is exact to 2^-22 relative;
+TF32 alone fails it); 16-bit planes against the reference of their arithmetic
 (render_cases.bf16_path_reference, 2u = 2^-7 of each result's scale: see render_cases) and, more loosely, against
 the float32 contract (render_cases' 16u bound: at most ~8 bfloat16 roundings lie on the way to any result,
 each within u of the magnitude of its terms, and a factor 2 for the terms' magnitude over the result's).
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from conftest import deterministic_mode
 from oneshot import ops
 from render_cases import (AXES_FLAT, AXES_PAIRS, ALL_SUBSETS, GRAD_NAMES, OUT_NAMES, SOME_SUBSETS, U_BF16,
-                          assert_close, bf16_path_reference, bf16_tol, cotangents, reference_grads, scene)
+                          assert_close, bf16_path_reference, bf16_tol, cotangents, f32_tol, reference_grads, scene)
 from test_cuda_emu import E, GRID_CAP, capped, emulated_kernels, grid_x, launches  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +112,23 @@ def test_render_every_path_and_gradient_subset(dtype, which):
 def test_render_all_gradient_subsets(dtype, which, clip):
     args = planes_as(scene(**PATH_SCENE, seed=12), dtype)
     check_path(args, which, clip, seed=sum(which))
+
+
+@pytest.mark.parametrize("sizes", [dict(B=2, R=3, S=70, C=8, H=6, W=7, Hd=20, Co=5),
+                                   dict(B=1, R=4, S=96, C=32, H=8, W=8, Hd=64, Co=32)])
+def test_render_float32_path_is_float32_accurate(sizes):
+    """3xTF32 on tensor cores keeps float32's accuracy: the float32 kernel meets render_cases.f32_tol against the
+    float64 reference, as the float32 CPU kernel does (checked here too, so the bound is float32's, not looser)."""
+    args = [a.float() for a in scene(**sizes, seed=14)]
+    cots = cotangents(args, (0, 1, 2, 3), seed=14)
+    want, want_g = reference_grads(args, cots, True)
+    got = [*emu_render(args, True), *emu_backward(args, cots, True)]
+    cpu = [*ops.render_triplane(*args, clip_to_box=True, backend="native"),
+           *torch.ops.oneshot.render_triplane_backward(*cots, *args, 1.0, AXES_FLAT, True, -1.0)]
+    for a, c, w, name in zip(got, cpu, [*want, *want_g], OUT_NAMES + GRAD_NAMES):
+        tol = f32_tol(w, sizes["S"])
+        assert_close(c, w, *tol, f"CPU {name}")
+        assert_close(a, w, *tol, f"CUDA {name}")
 
 
 @pytest.mark.parametrize("low", LOW)
