@@ -274,11 +274,18 @@ def test_render_triplane_refuses_what_it_cannot_hold():
     args = scene(B=1, R=2, S=3, C=130, H=3, W=3, Hd=2, Co=2, dtype=torch.float32)
     with pytest.raises(ValueError, match=r"supports C <= 128"):
         emu_render(args, False)
-    # hidden 160 fits since the tensor-core kernel (test_render_shared_memory_plan); 700 does not, even one warp
-    args = scene(B=1, R=2, S=3, C=64, H=3, W=3, Hd=700, Co=32, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"keeps the decoder in shared memory: \d+ bytes needed, 232448 available "
-                                         r"\(hidden = 700\)"):
-        emu_render(args, False)
+    # hidden 160 fits since the tensor-core kernel (test_render_shared_memory_plan); 280 runs forward (one warp a
+    # block) but its backward's tiles do not fit even one warp; 700's weights alone do not fit
+    args = scene(B=1, R=2, S=3, C=64, H=3, W=3, Hd=280, Co=32, dtype=torch.float32)
+    emu_render(args, False)
+    with pytest.raises(ValueError, match=r"keeps the decoder in shared memory: 336336 bytes needed, 232448 available "
+                                         r"\(hidden = 280\)"):
+        emu_backward(args, cotangents(args, (0,)), False)
+    for hidden in (700, 100_000):  # 100000: the tiles' byte count would not even fit an int
+        args = scene(B=1, R=1, S=2, C=64 if hidden == 700 else 4, H=2, W=2, Hd=hidden, Co=32, dtype=torch.float32)
+        with pytest.raises(ValueError, match=r"keeps the decoder in shared memory: at least \d+ bytes needed, 232448 "
+                                             rf"available \(hidden = {hidden}\)"):
+            emu_render(args, False)
 
 
 def test_render_empty_inputs_and_no_incoming_gradient():

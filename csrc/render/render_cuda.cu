@@ -109,6 +109,12 @@ Plan plan(const Dims& d, const at::Tensor& planes_cl, bool backward) {
                 ".", cc % 10, " (float64 planes, or backend='reference', work on it)");
   }
   const int optin = cuda::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  // The decoder's operands alone, in 64 bits (a lower bound of the layout, whose int arithmetic a huge hidden
+  // size would wrap): refused here when they cannot fit.
+  const int64_t Cp = cuda::ceil_div(d.C, 16) * 16, Hp = cuda::ceil_div(d.Hd, 16) * 16;
+  const int64_t operands = (Hp * (Cp + 16) + cuda::ceil_div(d.O, 16) * 16 * (Hp + 16)) * int64_t(sizeof(E));
+  TORCH_CHECK_VALUE(operands <= optin, "render_triplane's CUDA kernel keeps the decoder in shared memory: at least ",
+                    operands, " bytes needed, ", optin, " available (hidden = ", d.Hd, ")");
   Plan p;
   for (int warps : {4, 2, 1}) {
     p.L = render_cuda::make_layout(int(d.C), int(d.Hd), int(d.O), int(sizeof(E)), int(sizeof(T)), backward, warps);
