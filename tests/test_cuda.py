@@ -261,8 +261,9 @@ def test_rasterize_ties_go_to_the_lowest_index():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rasterize_backward(dtype):
-    points, features = cloud(2, 500, 9, dtype, seed=8)
+@pytest.mark.parametrize("C", [9, 8])  # 8: four channels a float4 atomic
+def test_rasterize_backward(dtype, C):
+    points, features = cloud(2, 500, C, dtype, seed=8)
     features.requires_grad_()
     planes, index = ops.rasterize_points(points, features, 32, backend="native")
     cot = torch.randn(planes.shape, device="cuda").to(dtype)

@@ -6,7 +6,7 @@ This runs on every machine, GPU or not. It exercises the kernels' own indexing, 
 and shuffles, shared-memory tiling, barriers, point-range splitting and merge, reverse sweeps, scratch paths
 and dtype handling; the emulator refuses barrier and shuffle misuse that CUDA leaves undefined. It cannot show
 speed, the memory model of real hardware, nvcc's code generation or CUDA's libm: tests/test_cuda.py does that
-on a GPU.
+on a GPU. render_triplane's kernels have their own file, tests/test_cuda_emu_render.py.
 """
 
 from __future__ import annotations
@@ -102,6 +102,112 @@ def test_emulator_exposes_a_missing_barrier(emulated_kernels):
 def test_emulator_refuses_undefined_behaviour(which, match):
     with pytest.raises((RuntimeError, ValueError), match=match):
         E()._selftest(which)
+
+
+def tf32_rna(x: torch.Tensor) -> torch.Tensor:
+    """cvt.rna.tf32.f32 in Python: float32 rounded to 10 mantissa bits, to nearest, ties away from zero."""
+    bits = x.float().contiguous().view(torch.int32)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    rounded = ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+    return torch.where(finite, rounded, x.float())
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_emulator_mma_tile_is_a_matmul(kind):
+    """One warp's mma.sync (m16n8k16 bfloat16, m16n8k8 TF32, and the 3xTF32 split) against a plain matmul: the
+    selftest kernel builds the fragments by the PTX ISA's layouts, so a misplaced element shows as a wrong D."""
+    g = torch.Generator().manual_seed(kind)
+    K = 16 if kind == 0 else 8
+    A, B, C = torch.randn(16, K, generator=g), torch.randn(K, 8, generator=g), torch.randn(16, 8, generator=g)
+    D = E()._selftest_mma(kind, A, B, C, -1)
+    if kind == 0:
+        Ar, Br = A.bfloat16().double(), B.bfloat16().double()
+    elif kind == 1:
+        Ar, Br = tf32_rna(A).double(), tf32_rna(B).double()
+    else:
+        Ar, Br = A.double(), B.double()
+    want = Ar @ Br + C.double()
+    terms = Ar.abs() @ Br.abs() + C.double().abs()
+    # exact products (bf16 x bf16, tf32 x tf32 fit float32), float32 sums: K + 1 roundings of 2^-24 at most; the
+    # 3xTF32 products are exact to 3 x 2^-22
+    bound = terms * ((K + 1) * 2.0 ** -24 + (3 * 2.0 ** -22 if kind == 2 else 0.0))
+    err = (D.double() - want).abs()
+    assert bool((err <= bound).all()), float((err - bound).max())
+    if kind == 1:  # TF32 alone is not float32-accurate: the split is what buys it
+        assert float((D.double() - A.double() @ B.double() - C.double()).abs().max()) > 1e-5
+
+
+@pytest.mark.parametrize("kind,skip,match", [
+    (3, -1, "mma .tf32 operand A with non-zero low 13 bits"),
+    (0, 5, "lane 5 exited while the lanes of mask 0xffffffff wait in a warp operation"),
+])
+def test_emulator_refuses_mma_misuse(kind, skip, match):
+    g = torch.Generator().manual_seed(0)
+    K = 16 if kind == 0 else 8
+    with pytest.raises(RuntimeError, match=match):
+        E()._selftest_mma(kind, torch.randn(16, K, generator=g), torch.randn(K, 8, generator=g), torch.zeros(16, 8),
+                          skip)
+
+
+def test_emulator_shuffles():
+    out = E()._selftest("shuffles").view(4, 3, 64)
+    v = torch.arange(64, dtype=torch.float32) * 100 + 7
+    lane = torch.arange(64) % 32
+    warp = torch.arange(64) // 32 * 32
+    for w_i, width in enumerate((32, 16, 8)):
+        base = warp + lane // width * width
+        seg = lane % width
+        want_idx = base + 5 % width
+        assert torch.equal(out[0, w_i], v[want_idx])
+        up = torch.where(seg >= 3, warp + lane - 3, warp + lane)
+        assert torch.equal(out[1, w_i], v[up])
+        down = torch.where(seg + 3 < width, warp + lane + 3, warp + lane)
+        assert torch.equal(out[2, w_i], v[down])
+        xor = lane ^ 6
+        xor = torch.where(xor // width == lane // width, xor, lane)
+        assert torch.equal(out[3, w_i], v[warp + xor])
+
+
+@pytest.mark.parametrize("kind", ["bfloat16", "float16", "tf32"])
+def test_emulator_conversions(kind):
+    """__float2bfloat16_rn / __float2half_rn (to nearest even, like torch's casts) and cvt.rna.tf32.f32, bit for
+    bit, on ties, subnormals, overflow and specials."""
+    specials = [0.0, -0.0, 1.0, -1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -12,
+                65504.0, 65519.0, 65520.0, 2 ** -24, 2 ** -25, 3 * 2 ** -25, 2 ** -14, 1e-40, -1e-45, 3.4e38,
+                float("inf"), float("-inf"), 1 + 2 ** -10 + 2 ** -11, 2 ** -126]
+    x = torch.cat([torch.tensor(specials), torch.randn(300, generator=torch.Generator().manual_seed(1)) * 100,
+                   torch.randn(100, generator=torch.Generator().manual_seed(2)) * 1e-6])
+    k = {"bfloat16": 0, "float16": 1, "tf32": 2}[kind]
+    bits, back = E()._selftest_convert(k, x)
+    if kind == "tf32":
+        want = tf32_rna(x)
+        assert torch.equal(back, want) and torch.equal(bits, want.view(torch.int32))
+        return
+    dt = torch.bfloat16 if kind == "bfloat16" else torch.float16
+    want = x.to(dt)
+    assert torch.equal(bits.to(torch.int16), want.view(torch.int16)), kind
+    assert torch.equal(back, want.float())
+    nan = E()._selftest_convert(k, torch.tensor([float("nan")]))[1]
+    assert bool(nan.isnan().all())
+
+
+def test_emulator_vector_atomics():
+    out = E()._selftest("vector_atomics")
+    i = torch.arange(192, dtype=torch.float64)
+    want = torch.zeros(20, dtype=torch.float64)
+    for r in range(3):
+        for c in range(4):
+            want[4 * r + c] = ((c + 1) * i[i % 3 == r]).sum()
+    want[12:16] = 96.0
+    assert torch.equal(out.double(), want)
+    with pytest.raises(RuntimeError, match="float4 atomicAdd on a misaligned address"):
+        E()._selftest("vector_atomics_misaligned")
+
+
+def test_emulator_shared_memory_opt_in_and_device_attributes():
+    out = E()._selftest("optin_shared")  # refused without cudaFuncSetAttribute, then run with it
+    assert out[64:].tolist() == [float(2 * (63 - i)) for i in range(64)]
+    assert E()._selftest("device_attributes").tolist() == [132, 9, 0, 228 * 1024, 227 * 1024]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -399,7 +505,7 @@ def test_rasterize_drawn_shapes(B, N, C, H, W, dtype, align_corners):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("C", [1, 9, 35])
+@pytest.mark.parametrize("C", [1, 8, 9, 35, 36])  # 8, 36: float4 atomics (C % 4 == 0)
 def test_rasterize_backward(dtype, C):
     points, features = cloud(2, 150, C, dtype, seed=8 + C, device="cpu")
     features.requires_grad_()
@@ -477,61 +583,3 @@ def test_rasterize_non_contiguous_and_deterministic_mode():
     assert torch.equal(index, want_index) and torch.equal(planes, want_planes)
     with deterministic_mode("rasterize_points_backward"):
         E().rasterize_points_backward(torch.ones_like(planes), index, 40)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# render_triplane (fused sample + decoder + composite)
-
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
-@pytest.mark.parametrize("clip", [False, True])
-def test_render_triplane_matches_the_reference(dtype, tol, clip):
-    from test_render_triplane import _scene
-
-    args = _scene(B=2, R=5, S=6, C=4, H=5, W=6, Hd=5, Co=3, dtype=dtype, seed=3)
-    flat = [0, 1, 0, 2, 2, 1]
-    out = E().render_triplane(*args, 1.0, flat, clip, -1.0)
-    want = ops.reference_render_triplane(*args, 1.0, ((0, 1), (0, 2), (2, 1)), clip, -1.0)
-    for got, exp in zip(out, want):
-        assert torch.allclose(got, exp, rtol=tol, atol=tol), float((got - exp).abs().max())
-    # the backward, with every incoming gradient and with only some
-    g = torch.Generator().manual_seed(5)
-    cots = [torch.randn(x.shape, generator=g, dtype=dtype) for x in want]
-    for which in ((0, 1, 2, 3), (0,), (1, 3)):
-        gin = [cots[k] if k in which else None for k in range(4)]
-        got = E().render_triplane_backward(*gin, *args, 1.0, flat, clip, -1.0)
-        leaves = [a.clone().requires_grad_(i in (0, 4, 5, 6, 7)) for i, a in enumerate(args)]
-        ref = ops.reference_render_triplane(*leaves, 1.0, ((0, 1), (0, 2), (2, 1)), clip, -1.0)
-        loss = sum((x * c).sum() for x, c in zip(ref, gin) if c is not None)
-        exp = torch.autograd.grad(loss, [leaves[i] for i in (0, 4, 5, 6, 7)])
-        for name, a, b in zip(("planes", "w1", "b1", "w2", "b2"), got, exp):
-            assert torch.allclose(a, b, rtol=tol, atol=tol), (which, name, float((a - b).abs().max()))
-
-
-def test_render_triplane_refuses_what_it_cannot_hold():
-    from test_render_triplane import _scene
-
-    args = _scene(B=1, R=2, S=3, C=130, H=3, W=3, Hd=2, Co=2, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"supports C <= 128"):
-        E().render_triplane(*args, 1.0, [0, 1, 0, 2, 2, 1], False, -1.0)
-    args = _scene(B=1, R=2, S=3, C=64, H=3, W=3, Hd=160, Co=32, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"keeps the decoder in shared memory"):
-        E().render_triplane(*args, 1.0, [0, 1, 0, 2, 2, 1], False, -1.0)
-
-
-@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
-def test_render_triplane_16bit_planes(low):
-    from test_render_triplane import _scene
-
-    args = list(_scene(B=1, R=4, S=5, C=3, H=4, W=5, Hd=4, Co=2, dtype=torch.float32, seed=7))
-    args[0] = args[0].to(low)
-    flat = [0, 1, 0, 2, 2, 1]
-    out = E().render_triplane(*args, 1.0, flat, True, -1.0)
-    want = ops.render_triplane(*args, clip_to_box=True, backend="native")
-    for got, exp in zip(out, want):
-        assert got.dtype == torch.float32 and torch.allclose(got, exp, rtol=1e-5, atol=1e-6)
-    cot = torch.randn(1, 4, 2)
-    gp, *rest = E().render_triplane_backward(cot, None, None, None, *args, 1.0, flat, True, -1.0)
-    gp_n, *rest_n = torch.ops.oneshot.render_triplane_backward(cot, None, None, None, *args, 1.0, flat, True, -1.0)
-    assert gp.dtype == low and torch.allclose(gp.float(), gp_n.float(), rtol=1e-2, atol=1e-4)
-    for a, b in zip(rest, rest_n):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

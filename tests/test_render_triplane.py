@@ -106,11 +106,16 @@ def test_16bit_planes_are_sampled_in_float32(device, low):
     out, grads = _grads(lambda *a: render_triplane(*a, clip_to_box=True, backend="native"), args, cots)
     ref, rgrads = _grads(lambda *a: reference_render_triplane(*a, 1.0, AXES, True, -1.0), args, cots)
     assert out.features.dtype == torch.float32 and grads[0].dtype == low
-    _compare(out, ref, 2e-4, 2e-5, NAMES)
-    # Only the planes' gradient comes back in the 16-bit dtype: both sides round a float32 sum to it, so they may
-    # differ by one unit in the last place of that dtype (eps relative). The decoder's gradients stay float32.
-    _compare([grads[0].float()], [rgrads[0].float()], torch.finfo(low).eps, 1e-6, GRADS[:1])
-    _compare(grads[1:], rgrads[1:], 2e-4, 2e-5, GRADS[1:])
+    if device == "cuda":  # the CUDA kernel's decoder runs on bfloat16 tensor cores: tests/render_cases.py's 16u bound
+        k = 16 * 2.0 ** -8
+        for x, y, n in zip([*out, *grads], [*ref, *rgrads], NAMES + GRADS):
+            _compare([x.float()], [y.float()], k, k * float(y.abs().max()), (n,))
+    else:
+        _compare(out, ref, 2e-4, 2e-5, NAMES)
+        # Only the planes' gradient comes back in the 16-bit dtype: both sides round a float32 sum to it, so they may
+        # differ by one unit in the last place of that dtype (eps relative). The decoder's gradients stay float32.
+        _compare([grads[0].float()], [rgrads[0].float()], torch.finfo(low).eps, 1e-6, GRADS[:1])
+        _compare(grads[1:], rgrads[1:], 2e-4, 2e-5, GRADS[1:])
     with pytest.raises(TypeError, match=r"w1 must have the dtype of planes \(torch.float16\) \(float32 with"):
         render_triplane(args[0].half(), *args[1:4], args[4].double(), *args[5:])
 

@@ -60,7 +60,41 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// dst[0 .. VW) += v[0 .. VW) for a float buffer in global memory: one vector atomic (red.global.add.v4.f32 /
+// .v2.f32) on sm_90 and newer, where dst must be 16- / 8-byte aligned; VW scalar atomics before sm_90. The
+// addition order (hence the rounding) of concurrent updates is not fixed either way.
+template <int VW>
+__device__ __forceinline__ void atomic_add_vec(float* dst, const float (&v)[VW]) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  constexpr bool kVector = VW == 2 || VW == 4;
+#else
+  constexpr bool kVector = false;
+#endif
+  if constexpr (kVector && VW == 4) {
+    atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
+  } else if constexpr (kVector && VW == 2) {
+    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(v[0], v[1]));
+  } else {
+#pragma unroll
+    for (int l = 0; l < VW; ++l) atomicAdd(dst + l, v[l]);
+  }
+}
+
+// No vector atomics for double: VW scalar ones.
+template <int VW>
+__device__ __forceinline__ void atomic_add_vec(double* dst, const double (&v)[VW]) {
+#pragma unroll
+  for (int l = 0; l < VW; ++l) atomicAdd(dst + l, v[l]);
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A device attribute of the current device (cudaDeviceGetAttribute, checked).
+inline int device_attribute(cudaDeviceAttr attr, int device) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, device));
+  return value;
+}
 
 // Blocks for a grid-stride loop over n work items (threads each): one per chunk up to ONESHOT_CUDA_MAX_BLOCKS.
 inline unsigned int grid_for(int64_t n, int64_t threads) {

@@ -18,6 +18,7 @@
 #include <cmath>
 
 #include "common/macros.h"
+#include "raymarch/raymarch.h"
 
 namespace oneshot {
 namespace render {
@@ -28,9 +29,80 @@ constexpr double kColorShift = 0.001;
 // The raw density of samples outside the box with clip_to_box (softplus(-1e4 + ...) == 0).
 constexpr double kOutsideDensity = -1e4;
 
+// a / b. In float32 on the GPU as __fdividef (within 2 ulp of the quotient for |b| < 2^126): IEEE division's
+// rare-case path is an out-of-line call, and in the fused kernels ptxas keeps registers on the stack around every
+// such call site. float64 (and the CPU) divide exactly.
+ONESHOT_HD float quotient(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdividef(a, b);
+#else
+  return a / b;
+#endif
+}
+ONESHOT_HD double quotient(double a, double b) { return a / b; }
+
 template <typename T>
 ONESHOT_HD T sigmoid(T x) {
-  return T(1) / (T(1) + exp(-x));
+  return quotient(T(1), T(1) + exp(-x));
+}
+
+// raymarch::softplus_grad with quotient().
+template <typename T>
+ONESHOT_HD T softplus_grad(T x) {
+  if (x > T(20)) return T(1);
+  const T z = exp(x);
+  return quotient(z, z + T(1));
+}
+
+// raymarch::composite_depth with quotient().
+template <typename T>
+ONESHOT_HD T composite_depth(T num, T opacity, T t_first, T t_last) {
+  if (!(opacity > T(0))) return t_last;
+  T d = quotient(num, opacity);
+  d = d < t_first ? t_first : d;
+  d = d > t_last ? t_last : d;
+  return d;
+}
+
+// raymarch::depth_passes_grad with quotient().
+template <typename T>
+ONESHOT_HD bool depth_passes_grad(T num, T opacity, T t_first, T t_last) {
+  if (!(opacity > T(0))) return false;
+  const T d = quotient(num, opacity);
+  return d >= t_first && d <= t_last;
+}
+
+template <typename T>
+ONESHOT_HD T color(T y) {
+  return sigmoid(y) * T(kColorScale) - T(kColorShift);
+}
+
+// d colour / dy, given s = sigmoid(y).
+template <typename T>
+ONESHOT_HD T color_grad(T s) {
+  return T(kColorScale) * s * (T(1) - s);
+}
+
+// The interval between samples k and k + 1 (raw densities s0, s1 at depths t0, t1), as ray_march composites it:
+// alpha = 1 - e, e = exp(-softplus(m) delta), m = (s0 + s1) / 2 + bias; keep = 1 - alpha + 1e-10 (the factor of the
+// transmittance); slope = softplus'(m); tbar the midpoint depth. Every pass of a kernel computes alpha with this one
+// function, so the passes agree bit for bit.
+template <typename T>
+struct Interval {
+  T alpha, e, keep, slope, delta, tbar;
+};
+
+template <typename T>
+ONESHOT_HD Interval<T> interval(T s0, T s1, T t0, T t1, T bias) {
+  Interval<T> iv;
+  const T m = (s0 + s1) / T(2) + bias;
+  iv.delta = t1 - t0;
+  iv.tbar = (t0 + t1) / T(2);
+  iv.e = exp(-(raymarch::softplus(m) * iv.delta));
+  iv.alpha = T(1) - iv.e;
+  iv.keep = (T(1) - iv.alpha) + T(1e-10);
+  iv.slope = softplus_grad(m);
+  return iv;
 }
 
 }  // namespace render

@@ -1,21 +1,47 @@
-// CUDA kernels of oneshot::render_triplane and its backward (render/render.h has the contract): one thread per
-// ray, the decoder's weights in shared memory (read by every thread of the block alike: broadcasts).
+// CUDA kernels of oneshot::render_triplane and its backward (render/render.h has the contract).
 //
-// Forward: the ray's samples are streamed. Per sample: the point, its 12 taps (C channels each), the decoder
-// one hidden unit at a time (h_j = w1_j . f + b1_j, y += softplus(h_j) w2[:, j]: no hidden array), then the
-// interval it closes with the previous sample is composited (midpoint rule, as ray_march). Registers/local
-// memory hold f [C], y [1 + Co] and the previous sample's colour; nothing per sample reaches global memory
-// except the weights output.
-// Backward: pass 1 streams the samples again and keeps four scalars per sample in a global scratch
-// ([rays, 4, S]: raw density, <grad_features, colour>, transmittance, d loss / d interval density): the ray
-// march's reverse sweep needs them, and they are 4 values per sample, not the C + hidden + 1 + Co the composed
-// path keeps. Pass 2 recomputes each sample's decoder and back-propagates: the decoder's gradients go to
-// per-block shared accumulators (shared atomics) flushed to global memory once per block, the feature
-// gradients to the planes' gradient with global atomics (summation order is not fixed on the GPU).
+// Mapping. A warp owns one ray at a time and walks it in chunks of 32 samples, one sample per lane; a block is
+// 4 warps (2 or 1 when the decoder's tiles need the room) and the grid is persistent (as many blocks as stay
+// resident, each warp taking rays N apart). Per chunk:
+//  1. gather: the samples' mean features F [32][C] into shared memory. A group of G lanes per sample (G a power
+//     of two, 32 / G samples at a time), each lane VW consecutive channels per step, VW = 16 bytes of the planes'
+//     dtype: the planes are read channels-last ([B, 3, H, W, C], in place when they already are), so each of a
+//     sample's 12 taps is one 16-byte load per lane and a group reads the tap's whole row of channels.
+//  2. decoder on tensor cores, the warp's tiles in shared memory: H = F w1^T (M 32, N Hd, K C), A = softplus(H + b1)
+//     in the epilogue, Y = A w2^T + b2 (M 32, N 1 + Co, K Hd); sizes zero-padded to multiples of 16.
+//     float16 / bfloat16 planes: mma.m16n8k16 with bfloat16 operands, float32 accumulation. float32: each operand
+//     split into two TF32 terms, three mma.m16n8k8 per step (float32 accuracy). float64: SIMT FMAs.
+//  3. compositing, lane = sample: alpha of the interval ending at the lane's sample (the previous sample by a
+//     shuffle, carried across chunks), the transmittance by a warp product scan times the carried T, opacity and
+//     depth by warp sums; then lane = feature channel: features += w (c_before + c) / 2 over the chunk's rows.
+// Backward, per ray: pass 1 recomputes 1-3 and keeps 4 scalars per sample in the warp's global scratch (density,
+// <grad_features, colour>, T); the reverse sweep of ray_march's backward (u_{k-1} = keep_k u_k + G_k alpha_k)
+// runs as an affine suffix scan per chunk, last chunk first, leaving d loss / d(interval density); pass 2
+// recomputes 1-2 per chunk, forms d loss / d outputs gY in the layer-2 epilogue and back-propagates with four
+// more warp GEMMs: gw2^T += A^T gY, gH = (gY w2) softplus'(H), gw1 += gH^T F, gF = gH w1. The decoder's
+// gradients go to the block's accumulator in shared memory, each lane of a warp adding at a distinct address
+// (the fragment positions), and reach global memory once per block (one atomic per element). gF / 3 goes to
+// the planes' gradient ([B, 3, H, W, C], float32 or float64) with vector atomics: float4 on sm_90 where VW
+// allows, scalar otherwise. Nothing per sample lives in registers beyond the lane's own sample: the fragments
+// are fixed-size register arrays with compile-time indices, the lane's feature accumulators are kOutPerLane.
 //
-// dtypes: float32 or float64 for everything (accumulation in the same type), or float16 / bfloat16 planes with
-// float32 for the rest (read from a float32 copy; their gradient converted back). Sizes: C, hidden and 1 + Co up to
-// kMaxC, kMaxO (local arrays); the decoder's weights must fit in shared memory.
+// Shared memory (render_tiles.cuh, make_layout), paper sizes (C 32, hidden 64, 1 + Co 33 -> padded 32, 64, 48):
+//   block: w1 [64][32+pad], w2 [48][64+pad] as operands, b1, b2 (float32 / float64), backward: the decoder-gradient
+//   accumulator (4321 values). Per warp: forward F / colours [32][~36], A [32][64+pad]; backward F, A / gF,
+//   D / gH (colours in pass 1), gY [32][48+pad], plus 3 x 32 + 48 scalars.
+//   bytes:      forward  bf16 51648 (4 blocks an SM: 16 warps)   tf32 78272 (2 blocks: 8 warps)
+//               backward bf16 93264 (2 blocks: 8 warps)          tf32 156752 (1 block: 4 warps)
+//   (float64: forward 1 block of 4 warps, backward 1 block of 2.) The paths' __launch_bounds__ carry these block
+//   counts, so ptxas budgets registers for them (render_tiles.cuh).
+// The designed occupancy is that smem bound (registers are not the limit: scripts/ptxas_report.py reports them).
+// The gathers keep 12 independent 16-byte loads per lane in flight, which with 8-16 warps an SM covers the L2
+// latency; the GEMMs and the SFU-heavy softplus of other warps overlap with them.
+//
+// dtypes: float32 or float64 everything, or float16 / bfloat16 planes with float32 for the rest; outputs and the
+// decoder's gradients in float32 / float64, the planes' gradient in the planes' dtype. Sizes: C <= 128,
+// 1 + Co <= 129, and the decoder's tiles must fit the device's shared memory (opt-in) with one warp a block.
+// Float atomics make the gradients' summation order vary from run to run: reported to torch's deterministic mode.
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -24,259 +50,107 @@
 #include <algorithm>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
-#include "raymarch/raymarch.h"
-#include "render/render.h"
 #include "render/render_args.h"
-#include "triplane/triplane.h"
+#include "render/render_kernels.cuh"
 
 namespace oneshot {
 namespace {
 
 using render::Dims;
+using render_cuda::Layout;
+using render_cuda::Params;
 
-constexpr int kThreads = 64;
-constexpr int kMaxC = 128;  // plane channels
-constexpr int kMaxO = 129;  // 1 + out channels
-constexpr size_t kSharedLimit = 48 * 1024;
+constexpr int kDefaultShared = 48 * 1024;
 
-template <typename T>
-struct Args {
-  const T* planes;  // [B, 3, C, H, W] contiguous
-  const T *origins, *dirs, *depths;
-  const T *w1, *b1, *w2, *b2;  // global; copied to shared memory
-  int64_t B, R, N;
-  int S, C, H, W, Hd, O;
-  T scale, half_box, bias;
-  int ax[3][2];
-  bool clip;
+void check_cuda(const at::Tensor& planes, const Dims& d) {
+  TORCH_CHECK_VALUE(planes.is_cuda(), "render_triplane (CUDA kernel) got planes on ", planes.device());
+  TORCH_CHECK_VALUE(d.C <= render_cuda::kMaxC && d.O <= render_cuda::kMaxO,
+                    "render_triplane's CUDA kernel supports C <= ", render_cuda::kMaxC,
+                    " plane channels and 1 + out_channels <= ", render_cuda::kMaxO, ", got C = ", d.C, ", ", d.O);
+  TORCH_CHECK_VALUE(d.S < (int64_t(1) << 30) && d.H * d.W < (int64_t(1) << 31), "render_triplane: S or H x W too large");
+  TORCH_CHECK_VALUE(d.H * d.W * d.C < (int64_t(1) << 31) && d.B * d.R < (int64_t(1) << 31),
+                    "render_triplane's CUDA kernel indexes a plane and the rays with int32: H x W x C and B x R must be "
+                    "< 2^31, got ", d.H, " x ", d.W, " x ", d.C, " and ", d.B, " x ", d.R);
+}
+
+struct Prepared {
+  at::Tensor planes, o, dir, t, w1, b1, w2, b2;  // planes [B, 3, H, W, C] contiguous
 };
 
-// The decoder's weights in shared memory: w1 [Hd, C], b1 [Hd], w2 [O, Hd], b2 [O].
-template <typename T>
-__device__ void load_weights(const Args<T>& a, T* sh) {
-  const int n1 = a.Hd * a.C, n2 = a.O * a.Hd;
-  for (int i = threadIdx.x; i < n1; i += blockDim.x) sh[i] = a.w1[i];
-  for (int i = threadIdx.x; i < a.Hd; i += blockDim.x) sh[n1 + i] = a.b1[i];
-  for (int i = threadIdx.x; i < n2; i += blockDim.x) sh[n1 + a.Hd + i] = a.w2[i];
-  for (int i = threadIdx.x; i < a.O; i += blockDim.x) sh[n1 + a.Hd + n2 + i] = a.b2[i];
+Prepared prepare(const at::Tensor& planes, const at::Tensor& o, const at::Tensor& dir, const at::Tensor& t,
+                 const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+  // channels-last planes are read in place (VolumeRenderer hands them over so); others are copied once
+  return {planes.permute({0, 1, 3, 4, 2}).contiguous(), o.contiguous(), dir.contiguous(), t.contiguous(),
+          w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous()};
 }
 
-// The point of sample k of ray i, whether it is inside the box, and its mean feature f [C].
-template <typename T>
-__device__ __forceinline__ bool sample_point(const Args<T>& a, int64_t i, int k, T* p, T* f) {
-  const int64_t b = i / a.R;
-  const T t = a.depths[i * a.S + k];
-  for (int q = 0; q < 3; ++q) p[q] = a.origins[i * 3 + q] + t * a.dirs[i * 3 + q];
-  const bool inside = !a.clip || (fabs(p[0]) <= a.half_box && fabs(p[1]) <= a.half_box && fabs(p[2]) <= a.half_box);
-  for (int c = 0; c < a.C; ++c) f[c] = T(0);
-  const int64_t plane_sz = int64_t(a.H) * a.W;
-  for (int pl = 0; pl < 3; ++pl) {
-    const triplane::Taps<T> tp = triplane::taps<T>(p[a.ax[pl][0]] * a.scale, p[a.ax[pl][1]] * a.scale, a.W, a.H);
-    const T* base = a.planes + (b * 3 + pl) * a.C * plane_sz;
-    for (int q = 0; q < 4; ++q) {
-      int64_t x, y;
-      if (!triplane::tap_inside(tp, q, a.W, a.H, &x, &y)) continue;
-      const T wq = triplane::tap_weight(tp, q);
-      for (int c = 0; c < a.C; ++c) f[c] += wq * base[c * plane_sz + y * a.W + x];
-    }
+// The launch: warps a block, grid, shared memory, and the gather's vector width and lanes per sample.
+struct Plan {
+  Layout L;
+  unsigned int blocks;
+  int vw, group;
+};
+
+template <typename P, typename Path>
+Plan plan(const Dims& d, const at::Tensor& planes_cl, bool backward) {
+  using T = typename Path::T;
+  using E = typename Path::E;
+  const int dev = planes_cl.device().index();
+  if (Path::kTensor) {
+    const int cc = 10 * cuda::device_attribute(cudaDevAttrComputeCapabilityMajor, dev) +
+                   cuda::device_attribute(cudaDevAttrComputeCapabilityMinor, dev);
+    TORCH_CHECK(cc >= 80, "render_triplane's CUDA kernel runs the decoder on tensor cores (mma.sync), which needs "
+                "compute capability 8.0 or newer for float32 / float16 / bfloat16 planes; this GPU has ", cc / 10,
+                ".", cc % 10, " (float64 planes, or backend='reference', work on it)");
   }
-  for (int c = 0; c < a.C; ++c) f[c] /= T(3);
-  return inside;
-}
-
-// y [O] = w2 softplus(w1 f + b1) + b2, one hidden unit at a time.
-template <typename T>
-__device__ __forceinline__ void decode(const Args<T>& a, const T* sh, const T* f, T* y) {
-  const T *w1 = sh, *b1 = sh + a.Hd * a.C, *w2 = b1 + a.Hd, *b2 = w2 + a.O * a.Hd;
-  for (int o = 0; o < a.O; ++o) y[o] = b2[o];
-  for (int j = 0; j < a.Hd; ++j) {
-    T h = b1[j];
-    for (int c = 0; c < a.C; ++c) h += w1[j * a.C + c] * f[c];
-    const T act = raymarch::softplus(h);
-    for (int o = 0; o < a.O; ++o) y[o] += act * w2[o * a.Hd + j];
+  const int optin = cuda::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  // The decoder's operands alone, in 64 bits (a lower bound of the layout, whose int arithmetic a huge hidden
+  // size would wrap): refused here when they cannot fit.
+  const int64_t Cp = cuda::ceil_div(d.C, 16) * 16, Hp = cuda::ceil_div(d.Hd, 16) * 16;
+  const int64_t operands = (Hp * (Cp + 16) + cuda::ceil_div(d.O, 16) * 16 * (Hp + 16)) * int64_t(sizeof(E));
+  TORCH_CHECK_VALUE(operands <= optin, "render_triplane's CUDA kernel keeps the decoder in shared memory: at least ",
+                    operands, " bytes needed, ", optin, " available (hidden = ", d.Hd, ")");
+  Plan p;
+  for (int warps : {4, 2, 1}) {
+    p.L = render_cuda::make_layout(int(d.C), int(d.Hd), int(d.O), int(sizeof(E)), int(sizeof(T)), backward, warps);
+    if (p.L.bytes <= optin) break;
   }
+  TORCH_CHECK_VALUE(p.L.bytes <= optin, "render_triplane's CUDA kernel keeps the decoder in shared memory: ",
+                    p.L.bytes, " bytes needed, ", optin, " available (hidden = ", d.Hd, ")");
+  const int per_sm = cuda::device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
+  const int sms = cuda::device_attribute(cudaDevAttrMultiProcessorCount, dev);
+  const int threads = p.L.warps * render_cuda::kWarp;
+  const int resident = std::max(1, std::min({per_sm / (p.L.bytes + 1024), 2048 / threads, 32}));
+  const int64_t want = cuda::ceil_div(d.B * d.R, p.L.warps);
+  p.blocks = static_cast<unsigned int>(std::max<int64_t>(
+      1, std::min<int64_t>({want, int64_t(sms) * resident, int64_t(ONESHOT_CUDA_MAX_BLOCKS)})));
+  p.vw = 16 / int(sizeof(P));
+  if (d.C % p.vw != 0 || reinterpret_cast<uintptr_t>(planes_cl.const_data_ptr()) % 16 != 0) p.vw = 1;
+  const int64_t steps = cuda::ceil_div(d.C, p.vw);
+  p.group = 1;
+  while (p.group < render_cuda::kWarp && p.group < steps) p.group *= 2;
+  return p;
 }
 
-template <typename T>
-__device__ __forceinline__ T color_of(T y) {
-  return render::sigmoid(y) * T(render::kColorScale) - T(render::kColorShift);
-}
-
-template <typename T>
-__global__ void render_forward_kernel(Args<T> a, T* __restrict__ feat, T* __restrict__ depth_out,
-                                      T* __restrict__ opacity_out, T* __restrict__ weights_out) {
-  extern __shared__ unsigned char smem_raw[];
-  T* sh = reinterpret_cast<T*>(smem_raw);
-  load_weights(a, sh);
-  __syncthreads();
-  const int Co = a.O - 1;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < a.N; i += int64_t(gridDim.x) * blockDim.x) {
-    T p[3], f[kMaxC], y[kMaxO], prev[kMaxO], acc[kMaxO];
-    T prev_sig = T(0), trans = T(1), op = T(0), num = T(0);
-    for (int o = 0; o < Co; ++o) acc[o] = T(0);
-    const T* t = a.depths + i * a.S;
-    for (int k = 0; k < a.S; ++k) {
-      const bool inside = sample_point(a, i, k, p, f);
-      decode(a, sh, f, y);
-      const T sig = inside ? y[0] : T(render::kOutsideDensity);
-      for (int o = 0; o < Co; ++o) y[1 + o] = color_of(y[1 + o]);
-      if (k > 0) {
-        const T m = (prev_sig + sig) / T(2) + a.bias;
-        const T dt = t[k] - t[k - 1];
-        const T alpha = T(1) - exp(-(raymarch::softplus(m) * dt));
-        const T w = alpha * trans;
-        trans = raymarch::next_transmittance(trans, alpha);
-        op += w;
-        num += w * ((t[k - 1] + t[k]) / T(2));
-        for (int o = 0; o < Co; ++o) acc[o] += w * ((prev[1 + o] + y[1 + o]) / T(2));
-        weights_out[i * (a.S - 1) + k - 1] = w;
-      }
-      prev_sig = sig;
-      for (int o = 0; o < Co; ++o) prev[1 + o] = y[1 + o];
-    }
-    for (int o = 0; o < Co; ++o) feat[i * Co + o] = acc[o];
-    opacity_out[i] = op;
-    depth_out[i] = raymarch::composite_depth(num, op, t[0], t[a.S - 1]);
-  }
-}
-
-template <typename T>
-__global__ void render_backward_kernel(Args<T> a, const T* __restrict__ gf, const T* __restrict__ gd,
-                                       const T* __restrict__ go, const T* __restrict__ gw, T* __restrict__ scratch,
-                                       T* __restrict__ gplanes, T* __restrict__ gdec) {
-  extern __shared__ unsigned char smem_raw[];
-  T* sh = reinterpret_cast<T*>(smem_raw);
-  const int wsize = a.Hd * a.C + a.Hd + a.O * a.Hd + a.O;
-  T* sacc = sh + wsize;  // the block's decoder-gradient accumulator, same layout as the weights
-  load_weights(a, sh);
-  for (int j = threadIdx.x; j < wsize; j += blockDim.x) sacc[j] = T(0);
-  __syncthreads();
-  const T *w1 = sh, *b1 = sh + a.Hd * a.C, *w2 = b1 + a.Hd;
-  T *g_w1 = sacc, *g_b1 = sacc + a.Hd * a.C, *g_w2 = g_b1 + a.Hd, *g_b2 = g_w2 + a.O * a.Hd;
-  const int S = a.S, K = S - 1, Co = a.O - 1;
-  const int64_t plane_sz = int64_t(a.H) * a.W;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < a.N; i += int64_t(gridDim.x) * blockDim.x) {
-    T p[3], f[kMaxC], y[kMaxO], gy[kMaxO];
-    T* s_sig = scratch + i * 4 * S;
-    T* s_dot = s_sig + S;
-    T* s_trans = s_dot + S;
-    T* s_dm = s_trans + S;
-    const T* t = a.depths + i * S;
-    const T* gfi = gf ? gf + i * Co : nullptr;
-    // Pass 1: densities and <gf, colour> per sample; the transmittance scan.
-    for (int k = 0; k < S; ++k) {
-      const bool inside = sample_point(a, i, k, p, f);
-      decode(a, sh, f, y);
-      s_sig[k] = inside ? y[0] : T(render::kOutsideDensity);
-      T dot = T(0);
-      if (gfi) {
-        for (int o = 0; o < Co; ++o) dot += gfi[o] * color_of(y[1 + o]);
-      }
-      s_dot[k] = dot;
-    }
-    T trans = T(1), op = T(0), num = T(0);
-    for (int k = 0; k < K; ++k) {
-      const T m = (s_sig[k] + s_sig[k + 1]) / T(2) + a.bias;
-      const T alpha = T(1) - exp(-(raymarch::softplus(m) * (t[k + 1] - t[k])));
-      s_trans[k] = trans;
-      const T w = alpha * trans;
-      op += w;
-      num += w * ((t[k] + t[k + 1]) / T(2));
-      trans = raymarch::next_transmittance(trans, alpha);
-    }
-    // ray_march's backward: dL/dw_k, then the reverse sweep for dL/d alpha_k -> dL/d m_k (interval densities).
-    const T g_op = go ? go[i] : T(0);
-    T depth_coef = T(0), depth_val = T(0);
-    if (gd && raymarch::depth_passes_grad(num, op, t[0], t[K])) {
-      depth_val = num / op;
-      depth_coef = gd[i] / op;
-    }
-    T suffix = T(0);
-    for (int k = K - 1; k >= 0; --k) {
-      const T m = (s_sig[k] + s_sig[k + 1]) / T(2) + a.bias;
-      const T delta = t[k + 1] - t[k];
-      const T e = exp(-(raymarch::softplus(m) * delta));
-      const T alpha = T(1) - e;
-      T G = g_op + depth_coef * ((t[k] + t[k + 1]) / T(2) - depth_val) + (s_dot[k] + s_dot[k + 1]) / T(2);
-      if (gw) G += gw[i * K + k];
-      const T d_alpha = s_trans[k] * (G - suffix);
-      suffix = G * alpha + ((T(1) - alpha) + T(1e-10)) * suffix;
-      s_dm[k] = d_alpha * delta * e * raymarch::softplus_grad(m);
-    }
-    // Pass 2: per sample, d/d decoder outputs, the decoder's backward, the scatter into the planes.
-    const int64_t b = i / a.R;
-    for (int k = 0; k < S; ++k) {
-      const bool inside = sample_point(a, i, k, p, f);
-      // omega_k = (w_{k-1} + w_k) / 2, w_k = alpha_k T_k (recomputed as in pass 1)
-      T omega = T(0);
-      for (int q = k - 1; q <= k; ++q) {
-        if (q < 0 || q >= K) continue;
-        const T m = (s_sig[q] + s_sig[q + 1]) / T(2) + a.bias;
-        const T alpha = T(1) - exp(-(raymarch::softplus(m) * (t[q + 1] - t[q])));
-        omega += alpha * s_trans[q] / T(2);
-      }
-      const T gs = ((k > 0 ? s_dm[k - 1] : T(0)) + (k < K ? s_dm[k] : T(0))) / T(2);
-      decode(a, sh, f, y);
-      gy[0] = inside ? gs : T(0);
-      for (int o = 0; o < Co; ++o) {
-        const T sg = render::sigmoid(y[1 + o]);
-        gy[1 + o] = gfi ? gfi[o] * omega * T(render::kColorScale) * sg * (T(1) - sg) : T(0);
-      }
-      for (int o = 0; o < a.O; ++o) atomicAdd(&g_b2[o], gy[o]);
-      T gfeat[kMaxC];
-      for (int c = 0; c < a.C; ++c) gfeat[c] = T(0);
-      for (int j = 0; j < a.Hd; ++j) {
-        T h = b1[j];
-        for (int c = 0; c < a.C; ++c) h += w1[j * a.C + c] * f[c];
-        const T act = raymarch::softplus(h);
-        T ga = T(0);
-        for (int o = 0; o < a.O; ++o) {
-          ga += gy[o] * w2[o * a.Hd + j];
-          atomicAdd(&g_w2[o * a.Hd + j], gy[o] * act);
-        }
-        const T gh = ga * raymarch::softplus_grad(h);
-        atomicAdd(&g_b1[j], gh);
-        for (int c = 0; c < a.C; ++c) {
-          atomicAdd(&g_w1[j * a.C + c], gh * f[c]);
-          gfeat[c] += gh * w1[j * a.C + c];
-        }
-      }
-      for (int pl = 0; pl < 3; ++pl) {
-        const triplane::Taps<T> tp = triplane::taps<T>(p[a.ax[pl][0]] * a.scale, p[a.ax[pl][1]] * a.scale, a.W, a.H);
-        T* base = gplanes + (b * 3 + pl) * a.C * plane_sz;
-        for (int q = 0; q < 4; ++q) {
-          int64_t x, yy;
-          if (!triplane::tap_inside(tp, q, a.W, a.H, &x, &yy)) continue;
-          const T wq = triplane::tap_weight(tp, q) / T(3);
-          for (int c = 0; c < a.C; ++c) atomicAdd(&base[c * plane_sz + yy * a.W + x], wq * gfeat[c]);
-        }
-      }
-    }
-  }
-  __syncthreads();
-  for (int j = threadIdx.x; j < wsize; j += blockDim.x) atomicAdd(&gdec[j], sacc[j]);
-}
-
-template <typename T>
-Args<T> make_args(const Dims& d, const at::Tensor& planes, const at::Tensor& o, const at::Tensor& dir,
-                  const at::Tensor& t, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                  const at::Tensor& b2, double box_warp, at::IntArrayRef axes, bool clip, double bias) {
-  Args<T> a;
-  a.planes = planes.const_data_ptr<T>();
-  a.origins = o.const_data_ptr<T>();
-  a.dirs = dir.const_data_ptr<T>();
-  a.depths = t.const_data_ptr<T>();
-  a.w1 = w1.const_data_ptr<T>();
-  a.b1 = b1.const_data_ptr<T>();
-  a.w2 = w2.const_data_ptr<T>();
-  a.b2 = b2.const_data_ptr<T>();
-  a.B = d.B;
-  a.R = d.R;
+template <typename P, typename T>
+Params<P, T> make_params(const Dims& d, const Prepared& in, const Plan& p, double box_warp, at::IntArrayRef axes,
+                         bool clip, double bias) {
+  Params<P, T> a;
+  a.planes = in.planes.const_data_ptr<P>();
+  a.origins = in.o.const_data_ptr<T>();
+  a.dirs = in.dir.const_data_ptr<T>();
+  a.depths = in.t.const_data_ptr<T>();
+  a.w1 = in.w1.const_data_ptr<T>();
+  a.b1 = in.b1.const_data_ptr<T>();
+  a.w2 = in.w2.const_data_ptr<T>();
+  a.b2 = in.b2.const_data_ptr<T>();
   a.N = d.B * d.R;
+  a.R = d.R;
   a.S = int(d.S);
   a.C = int(d.C);
   a.H = int(d.H);
@@ -287,32 +161,42 @@ Args<T> make_args(const Dims& d, const at::Tensor& planes, const at::Tensor& o, 
   a.half_box = static_cast<T>(box_warp / 2);
   a.bias = static_cast<T>(bias);
   a.clip = clip;
-  for (int p = 0; p < 3; ++p) {
-    a.ax[p][0] = int(axes[2 * p]);
-    a.ax[p][1] = int(axes[2 * p + 1]);
+  for (int q = 0; q < 3; ++q) {
+    a.ax[q][0] = int(axes[2 * q]);
+    a.ax[q][1] = int(axes[2 * q + 1]);
   }
+  a.group = p.group;
+  a.L = p.L;
   return a;
 }
 
-void check_cuda(const at::Tensor& planes, const Dims& d, int accumulators) {
-  TORCH_CHECK_VALUE(planes.is_cuda(), "render_triplane (CUDA kernel) got planes on ", planes.device());
-  TORCH_CHECK_VALUE(d.C <= kMaxC && d.O <= kMaxO, "render_triplane's CUDA kernel supports C <= ", kMaxC,
-                    " plane channels and 1 + out_channels <= ", kMaxO, ", got C = ", d.C, ", ", d.O);
-  TORCH_CHECK_VALUE(d.S < (int64_t(1) << 30) && d.H * d.W < (int64_t(1) << 31), "render_triplane: S or H x W too large");
-  const size_t bytes = size_t(accumulators) * (d.Hd * d.C + d.Hd + d.O * d.Hd + d.O) *
-                       (planes.scalar_type() == at::kDouble ? 8 : 4);  // 16-bit planes: float32 weights
-  TORCH_CHECK_VALUE(bytes <= kSharedLimit, "render_triplane's CUDA kernel keeps the decoder in shared memory: ",
-                    bytes, " bytes needed, ", kSharedLimit, " available (hidden = ", d.Hd, ")");
+// fn(P{}, Path{}) for the planes' dtype.
+template <typename F>
+void dispatch_path(at::ScalarType planes, F&& fn) {
+  switch (planes) {
+    case at::kHalf: fn(c10::Half{}, render_cuda::Bf16Path{}); break;
+    case at::kBFloat16: fn(c10::BFloat16{}, render_cuda::Bf16Path{}); break;
+    case at::kFloat: fn(float{}, render_cuda::Tf32Path{}); break;
+    case at::kDouble: fn(double{}, render_cuda::F64Path{}); break;
+    default: TORCH_CHECK_TYPE(false, "render_triplane_cuda: unsupported dtype ", planes);
+  }
 }
 
-struct Prepared {
-  at::Tensor planes, o, dir, t, w1, b1, w2, b2;
-};
+// fn(std::integral_constant<int, VW>) for the plan's vector width.
+template <typename P, typename F>
+void dispatch_vw(int vw, F&& fn) {
+  if (vw == 1) {
+    fn(std::integral_constant<int, 1>{});
+  } else {
+    fn(std::integral_constant<int, 16 / int(sizeof(P))>{});
+  }
+}
 
-Prepared prepare(const at::Tensor& planes, const at::Tensor& o, const at::Tensor& dir, const at::Tensor& t,
-                 const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
-  return {planes.to(o.scalar_type()).contiguous(), o.contiguous(), dir.contiguous(), t.contiguous(),
-          w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous()};
+template <typename K>
+void allow_shared(K* kernel, int bytes) {
+  if (bytes > kDefaultShared) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_triplane_cuda(
@@ -320,21 +204,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_triplane_cuda(
     const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2, double box_warp,
     at::IntArrayRef axes, bool clip_to_box, double density_bias) {
   const Dims d = render::check_inputs(planes, origins, directions, depths, w1, b1, w2, b2, axes);
-  check_cuda(planes, d, 1);
+  check_cuda(planes, d);
   const c10::cuda::CUDAGuard guard(planes.device());
   at::Tensor feat, depth, opacity, weights;
   std::tie(feat, depth, opacity, weights) = render::empty_outputs(d, origins);
   if (d.B * d.R == 0) return {feat, depth, opacity, weights};
   const Prepared in = prepare(planes, origins, directions, depths, w1, b1, w2, b2);
-  AT_DISPATCH_FLOATING_TYPES(origins.scalar_type(), "render_triplane_cuda", [&] {
-    using T = scalar_t;
-    const Args<T> a = make_args<T>(d, in.planes, in.o, in.dir, in.t, in.w1, in.b1, in.w2, in.b2, box_warp, axes,
-                                   clip_to_box, density_bias);
-    const size_t smem = size_t(d.Hd * d.C + d.Hd + d.O * d.Hd + d.O) * sizeof(T);
-    render_forward_kernel<T><<<cuda::grid_for(a.N, kThreads), kThreads, smem, cuda::stream()>>>(
-        a, feat.mutable_data_ptr<T>(), depth.mutable_data_ptr<T>(), opacity.mutable_data_ptr<T>(),
-        weights.mutable_data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dispatch_path(planes.scalar_type(), [&](auto pv, auto path) {
+    using P = decltype(pv);
+    using Path = decltype(path);
+    using T = typename Path::T;
+    const Plan p = plan<P, Path>(d, in.planes, false);
+    const Params<P, T> a = make_params<P, T>(d, in, p, box_warp, axes, clip_to_box, density_bias);
+    dispatch_vw<P>(p.vw, [&](auto vwc) {
+      constexpr int VW = decltype(vwc)::value;
+      allow_shared(render_cuda::render_forward_kernel<P, Path, VW>, p.L.bytes);
+      render_cuda::render_forward_kernel<P, Path, VW><<<p.blocks, p.L.warps * 32, p.L.bytes, cuda::stream()>>>(
+          a, feat.mutable_data_ptr<T>(), depth.mutable_data_ptr<T>(), opacity.mutable_data_ptr<T>(),
+          weights.mutable_data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return {feat, depth, opacity, weights};
 }
@@ -346,13 +235,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
     const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2, double box_warp,
     at::IntArrayRef axes, bool clip_to_box, double density_bias) {
   const Dims d = render::check_inputs(planes, origins, directions, depths, w1, b1, w2, b2, axes);
-  check_cuda(planes, d, 2);
+  check_cuda(planes, d);
   const c10::cuda::CUDAGuard guard(planes.device());
   const int64_t N = d.B * d.R;
   const render::Grads grads = render::grad_args(grad_features, grad_depth, grad_opacity, grad_weights, d, origins);
   const auto &gf = grads.features, &gd = grads.depth, &go = grads.opacity, &gw = grads.weights;
   auto opts = origins.options();
-  at::Tensor gplanes = at::zeros(planes.sizes(), opts);
+  at::Tensor gp_cl = at::zeros({d.B, 3, d.H, d.W, d.C}, opts);  // float32 / float64 accumulation, channels-last
   const int64_t wsize = d.Hd * d.C + d.Hd + d.O * d.Hd + d.O;
   at::Tensor gdec = at::zeros({wsize}, opts);
   auto split = [&]() {
@@ -364,24 +253,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> render_tr
     };
     at::Tensor g1 = take({d.Hd, d.C}, d.Hd * d.C), gb1 = take({d.Hd}, d.Hd);
     at::Tensor g2 = take({d.O, d.Hd}, d.O * d.Hd), gb2 = take({d.O}, d.O);
-    at::Tensor gp = gplanes.scalar_type() == planes.scalar_type() ? gplanes : gplanes.to(planes.scalar_type());
+    at::Tensor gp = gp_cl.permute({0, 1, 4, 2, 3});  // [B, 3, C, H, W] view
+    if (gp.scalar_type() != planes.scalar_type()) gp = gp.to(planes.scalar_type());
     return std::make_tuple(gp, g1, gb1, g2, gb2);
   };
   if (N == 0 || (!gf && !gd && !go && !gw)) return split();
+  at::globalContext().alertNotDeterministic("render_triplane_backward (CUDA)");
   const Prepared in = prepare(planes, origins, directions, depths, w1, b1, w2, b2);
-  at::Tensor scratch = at::empty({N, 4, d.S}, opts);
-  AT_DISPATCH_FLOATING_TYPES(origins.scalar_type(), "render_triplane_backward_cuda", [&] {
-    using T = scalar_t;
-    const Args<T> a = make_args<T>(d, in.planes, in.o, in.dir, in.t, in.w1, in.b1, in.w2, in.b2, box_warp, axes,
-                                   clip_to_box, density_bias);
+  dispatch_path(planes.scalar_type(), [&](auto pv, auto path) {
+    using P = decltype(pv);
+    using Path = decltype(path);
+    using T = typename Path::T;
+    const Plan p = plan<P, Path>(d, in.planes, true);
+    const Params<P, T> a = make_params<P, T>(d, in, p, box_warp, axes, clip_to_box, density_bias);
     auto ptr = [](const std::optional<at::Tensor>& g) -> const T* {
       return g.has_value() ? g->const_data_ptr<T>() : nullptr;
     };
-    const size_t smem = 2 * size_t(wsize) * sizeof(T);
-    render_backward_kernel<T><<<cuda::grid_for(a.N, kThreads), kThreads, smem, cuda::stream()>>>(
-        a, ptr(gf), ptr(gd), ptr(go), ptr(gw), scratch.mutable_data_ptr<T>(), gplanes.mutable_data_ptr<T>(),
-        gdec.mutable_data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const render_cuda::Cotangents<T> cot{ptr(gf), ptr(gd), ptr(go), ptr(gw)};
+    // 4 values per sample for every warp of the grid (reused from ray to ray)
+    at::Tensor scratch = at::empty({int64_t(p.blocks) * p.L.warps * 4 * d.S}, opts);
+    dispatch_vw<P>(p.vw, [&](auto vwc) {
+      constexpr int VW = decltype(vwc)::value;
+      allow_shared(render_cuda::render_backward_kernel<P, Path, VW>, p.L.bytes);
+      render_cuda::render_backward_kernel<P, Path, VW><<<p.blocks, p.L.warps * 32, p.L.bytes, cuda::stream()>>>(
+          a, cot, scratch.mutable_data_ptr<T>(), gp_cl.mutable_data_ptr<T>(), gdec.mutable_data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return split();
 }

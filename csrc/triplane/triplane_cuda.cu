@@ -9,7 +9,9 @@
 //
 // Backward: the planes' gradient is scattered with atomicAdd into a channels-last accumulation buffer
 // (float32 for float16 / bfloat16 planes, converted once at the end; float32 / float64 planes accumulate in
-// place). The points' gradient needs <grad_out, tap> per tap: each thread takes it over its channels and the
+// place): a lane's VW channels of a tap as float4 vector atomics on sm_90 (one for float32 planes, two for 16-bit
+// ones; scalar atomics for float64, for C not a multiple of the vector, and before sm_90). The taps of one plane
+// at a time are live, not all three. The points' gradient needs <grad_out, tap> per tap: each thread takes it over its channels and the
 // group reduces with shuffles, so every point is written once, by one thread, in a fixed order.
 // Float atomics make the planes' gradient summation order vary from run to run, as in torch's grid_sample
 // backward: the op reports itself to torch.use_deterministic_algorithms.
@@ -184,12 +186,12 @@ __global__ void __launch_bounds__(kThreads) triplane_backward_kernel(
     if (active) {
       const int64_t b = bm / g.M, m = bm - b * g.M;
       const G* pt = points + bm * 3;
-      PlaneTaps<G> tp[3];
-#pragma unroll
-      for (int p = 0; p < 3; ++p) tp[p] = plane_taps(pt, scale, g, b, p);
       for (int c = gl * VW; c < g.C; c += gs * VW) {
 #pragma unroll
         for (int p = 0; p < 3; ++p) {
+          // One plane's taps at a time, recomputed per channel step (a few flops; at C <= gs * VW, the usual
+          // case, there is one step): keeping all three planes' taps live cost ~40 registers and occupancy.
+          const PlaneTaps<G> tp = plane_taps(pt, scale, g, b, p);
           const T* grow = g.reduce == triplane::kNone ? grad_out + ((b * 3 + p) * g.M + m) * g.C
                                                       : grad_out + bm * g.C;
           const Vec<T, VW> gv = *reinterpret_cast<const Vec<T, VW>*>(grow + c);
@@ -198,20 +200,28 @@ __global__ void __launch_bounds__(kThreads) triplane_backward_kernel(
           for (int l = 0; l < VW; ++l) go[l] = to_acc(gv.v[l]) * factor;
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
-            if (tp[p].off[k] < 0) continue;
+            if (tp.off[k] < 0) continue;
             if (grad_planes != nullptr) {
-              const A w = static_cast<A>(tp[p].w[k]);
-              A* dst = grad_planes + tp[p].off[k] + c;
+              // VW channels in vector atomics: float4 for float32 accumulation on sm_90 (two for 16-bit planes'
+              // 8 channels), scalar otherwise
+              constexpr int kVec = (sizeof(A) == 4 && VW % 4 == 0) ? 4 : 1;
+              const A w = static_cast<A>(tp.w[k]);
+              A* dst = grad_planes + tp.off[k] + c;
 #pragma unroll
-              for (int l = 0; l < VW; ++l) atomicAdd(dst + l, w * go[l]);
+              for (int v0 = 0; v0 < VW; v0 += kVec) {
+                A part[kVec];
+#pragma unroll
+                for (int l = 0; l < kVec; ++l) part[l] = w * go[v0 + l];
+                cuda::atomic_add_vec<kVec>(dst + v0, part);
+              }
             }
             if (grad_points != nullptr) {
-              const Vec<T, VW> v = *reinterpret_cast<const Vec<T, VW>*>(planes + tp[p].off[k] + c);
+              const Vec<T, VW> v = *reinterpret_cast<const Vec<T, VW>*>(planes + tp.off[k] + c);
               A d = A(0);
 #pragma unroll
               for (int l = 0; l < VW; ++l) d += go[l] * to_acc(v.v[l]);
-              hx[p] += static_cast<A>(tp[p].dwx[k]) * d;
-              hy[p] += static_cast<A>(tp[p].dwy[k]) * d;
+              hx[p] += static_cast<A>(tp.dwx[k]) * d;
+              hy[p] += static_cast<A>(tp.dwy[k]) * d;
             }
           }
         }

@@ -1,7 +1,7 @@
 """Build the CUDA kernels of csrc/ for the CPU emulator (tests/cuda_emu/include/cuda_runtime.h).
 
-The .cu sources are compiled by g++ as C++, unchanged except for five mechanical rewrites (the same kind hipify
-does), each of which must apply or the build stops:
+The .cu sources (and the .cuh headers of csrc/, where kernels may live) are compiled by g++ as C++, unchanged
+except for five mechanical rewrites (the same kind hipify does), each of which must apply or the build stops:
 
 * ``kernel<<<grid, block, smem, stream>>>(args)`` -> ``::oneshot_emu::launch("kernel", kernel, Config(grid, block,
   smem, stream), args)``;
@@ -42,13 +42,15 @@ STATIC_SHARED = re.compile(
 IMPL = "TORCH_LIBRARY_IMPL(oneshot, CUDA, m)"
 
 
-def rewrite(src: str, name: str) -> str:
+def rewrite(src: str, name: str, header: bool = False) -> str:
+    """The rewrites of a .cu file, or (header=True) of a .cuh header a .cu includes: the same, except that a
+    header needs no launch and registers no op."""
     def launch(m: re.Match) -> str:
         kernel = " ".join(m.group(1).split())
         return f'::oneshot_emu::launch("{kernel}", {m.group(1)}, ::oneshot_emu::Config({m.group(2)}), '
 
     out, n_launch = LAUNCH.subn(launch, src)
-    if n_launch == 0:
+    if n_launch == 0 and not header:
         raise RuntimeError(f"cuda_emu: no kernel launch found in {name}")
     out = EXTERN_SHARED.sub(lambda m: f"{m.group(1)}* {m.group(2)} = reinterpret_cast<{m.group(1)}*>("
                                       f"::oneshot_emu::dynamic_shared());", out)
@@ -58,7 +60,7 @@ def rewrite(src: str, name: str) -> str:
                                       f"::oneshot_emu::poison_shared_once({m.group(2)}, sizeof({m.group(2)}));", out)
     if re.search(r"__shared__\s+\w", out):
         raise RuntimeError(f"cuda_emu: a __shared__ declaration of {name} was not rewritten")
-    if name != "selftest.cu":
+    if name != "selftest.cu" and not header:
         if out.count(IMPL) != 1:
             raise RuntimeError(f"cuda_emu: expected one {IMPL} in {name}, found {out.count(IMPL)}")
         out = out.replace(IMPL, "TORCH_LIBRARY_IMPL(oneshot_emu, CPU, m)")
@@ -98,7 +100,7 @@ def _flags(sanitize: bool) -> tuple[list[str], list[str]]:
     from torch.utils import cpp_extension
 
     abi = int(torch.compiled_with_cxx11_abi())
-    cflags = ["-std=c++17", "-O1", "-fPIC", "-ffp-contract=off", "-fno-trapping-math", "-w",
+    cflags = ["-std=c++17", "-O1", "-fPIC", "-ffp-contract=off", "-fno-trapping-math", "-fno-strict-aliasing", "-w",
               "-DONESHOT_CUDA_MAX_BLOCKS=(::oneshot_emu::max_blocks_x())",
               "-DONESHOT_CUDA_MAX_BLOCKS_Y=(::oneshot_emu::max_blocks_y())",
               f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{HERE / 'include'}", f"-I{CSRC}"]
@@ -119,6 +121,8 @@ def build(verbose: bool = False) -> Path:
     sources["selftest.cu"] = (HERE / "selftest.cu").read_text()
     units = {Path(name).stem + ".cpp": rewrite(text, Path(name).name) for name, text in sources.items()}
     units["registration.cpp"] = registration(implemented_ops(sources))
+    # Kernels may live in .cuh headers of csrc/: their rewritten copies shadow the originals (-I order).
+    headers = {str(p.relative_to(CSRC)): rewrite(p.read_text(), p.name, header=True) for p in CSRC.rglob("*.cuh")}
 
     cflags, ldflags = _flags(sanitize)
     h = hashlib.sha256()
@@ -127,6 +131,8 @@ def build(verbose: bool = False) -> Path:
         h.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
     for name in sorted(units):
         h.update(name.encode() + units[name].encode())
+    for name in sorted(headers):
+        h.update(name.encode() + headers[name].encode())
     h.update(" ".join(cflags + ldflags + [torch.__version__, sys.version]).encode())
     out_dir = ROOT / "build" / "cuda_emu" / h.hexdigest()[:16]
     lib = out_dir / "liboneshot_cuda_emu.so"
@@ -135,10 +141,13 @@ def build(verbose: bool = False) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in units.items():
         (out_dir / name).write_text(text)
+    for name, text in headers.items():
+        (out_dir / "csrc" / name).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / "csrc" / name).write_text(text)
 
     def compile_one(name: str) -> Path:
         obj = out_dir / (name + ".o")
-        cmd = ["g++", *cflags, "-c", str(out_dir / name), "-o", str(obj)]
+        cmd = ["g++", f"-I{out_dir / 'csrc'}", *cflags, "-c", str(out_dir / name), "-o", str(obj)]
         if verbose:
             print(" ".join(cmd), flush=True)
         res = subprocess.run(cmd, capture_output=True, text=True)

@@ -24,6 +24,19 @@
 //  - Atomics are plain read-modify-writes (one OS thread runs every fiber). The device arithmetic is the
 //    host's: __fmul_rn & co. are not used (raster.h picks them only under __CUDA_ARCH__), and the library
 //    functions (exp, log1p) are glibc's, not CUDA's; results agree with the GPU to rounding, not bitwise.
+//    The sm_90 vector atomics (float2 / float4 atomicAdd) refuse a misaligned address, as the GPU faults.
+//  - mma.sync (tensor cores; csrc/common/cuda_mma.cuh calls these for the instructions it issues) is a warp
+//    operation like a shuffle: every lane of the warp must arrive (.aligned), then the fragments of the 32 lanes
+//    are put together in the register layouts of the PTX ISA ("Matrix Fragments for mma.m16n8k8 / m16n8k16"),
+//    the product is taken and each lane gets its part of D. Products of bf16 or tf32 operands are exact in
+//    float32; they are added to C in float32, k ascending, rounded after each addition (the hardware's order
+//    and rounding are unspecified: results agree to float32 rounding, not bitwise). A tf32 operand whose low
+//    13 bits are not zero (not produced by cvt.rna.tf32.f32) is refused.
+//  - __nv_bfloat16 / __half (cuda_bf16.h, cuda_fp16.h here) convert from float to nearest even, as CUDA's
+//    __float2bfloat16_rn / __float2half_rn.
+//  - Dynamic shared memory above 48 KiB needs cudaFuncSetAttribute(kernel,
+//    cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first, up to the device's opt-in limit (an H100's
+//    227 KiB), as on the GPU.
 //
 // The scheduler is deterministic: fibers run in the chosen order until they finish or park.
 #pragma once
@@ -70,23 +83,68 @@ struct alignas(8) float2 {
 struct alignas(16) double2 {
   double x, y;
 };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76,
+  cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 namespace oneshot_emu {
 inline int& sm_count() {
   static int n = 132;  // an H100 SXM; tests change it to steer the kernels' work splitting
   return n;
 }
+// An H100's shared memory: 227 KiB a block with opt-in, 228 KiB an SM; compute capability 9.0.
+constexpr int kMaxSharedOptin = 227 * 1024;
+constexpr int kSharedPerSM = 228 * 1024;
+
+// Per kernel: the dynamic shared memory allowed by cudaFuncSetAttribute (48 KiB without).
+inline std::unordered_map<const void*, size_t>& func_max_dynamic_shared() {
+  static std::unordered_map<const void*, size_t> m;
+  return m;
+}
 }  // namespace oneshot_emu
 
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int /*device*/) {
-  if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
-  *value = oneshot_emu::sm_count();
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = oneshot_emu::sm_count(); return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = oneshot_emu::kSharedPerSM; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = oneshot_emu::kMaxSharedOptin; return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename... P>
+cudaError_t cudaFuncSetAttribute(void (*func)(P...), cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > oneshot_emu::kMaxSharedOptin)
+    return cudaErrorInvalidValue;
+  oneshot_emu::func_max_dynamic_shared()[reinterpret_cast<const void*>(func)] = size_t(value);
   return cudaSuccess;
+}
+
+inline float __uint_as_float(unsigned int u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned int __float_as_uint(float f) {
+  unsigned int u;
+  std::memcpy(&u, &f, 4);
+  return u;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -106,7 +164,8 @@ constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kMaxDynamicShared = 48 * 1024;
 
 enum class State { kRun, kBlockBarrier, kWarpOp, kDone };
-enum class WarpOp { kSync, kShuffle };
+enum class WarpOp { kSync, kShuffle, kMma };
+enum class MmaKind { kBf16M16N8K16, kTf32M16N8K8 };
 
 struct Fiber {
   ucontext_t ctx;
@@ -119,6 +178,11 @@ struct Fiber {
   int src = 0;  // shuffle: the lane read
   alignas(16) unsigned char in[16];
   alignas(16) unsigned char out[16];
+  // mma: the instruction and this lane's registers (on its stack, alive while it waits)
+  MmaKind mma = MmaKind::kBf16M16N8K16;
+  float* mma_d = nullptr;
+  const uint32_t* mma_a = nullptr;
+  const uint32_t* mma_b = nullptr;
 };
 
 struct LaunchRecord {
@@ -247,6 +311,82 @@ inline void fail(const std::string& what) {
   throw KernelError(what + " (" + coords(*b->cur) + ", " + block_coords(*b) + ")");
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// mma.sync, from the PTX ISA's fragment layouts (groupID g = lane >> 2, threadID_in_group t = lane & 3; the
+// lower-indexed element of a packed .b32 pair in its low 16 bits):
+//   m16n8k16 .bf16 A: reg 0 (g, 2t..+1), reg 1 (g+8, 2t..+1), reg 2 (g, 2t+8..+9), reg 3 (g+8, 2t+8..+9);
+//                  B: reg 0 (k 2t..+1, n g), reg 1 (k 2t+8..+9, n g)
+//   m16n8k8 .tf32  A: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);  B: b0 (k t, n g), b1 (k t+4, n g)
+//   f32 C / D:     c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1)
+inline float bf16_bits_to_float(uint32_t bits16) {
+  const uint32_t u = (bits16 & 0xffffu) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline bool is_tf32(uint32_t bits) {
+  const bool nan = (bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0;
+  return nan || (bits & 0x1fffu) == 0;
+}
+
+// D = A B + C for the warp whose lane 0 is fiber `base`; returns an error message or "".
+inline std::string run_mma(Block& b, int base) {
+  const MmaKind kind = b.fibers[base].mma;
+  const int K = kind == MmaKind::kBf16M16N8K16 ? 16 : 8;
+  float A[16][16], B[16][8], C[16][8];
+  for (int l = 0; l < kWarpSize; ++l) {
+    const Fiber& f = b.fibers[base + l];
+    if (f.mma != kind) return "lanes of one warp issued different mma instructions";
+    const int g = l >> 2, t = l & 3;
+    const uint32_t* a = f.mma_a;
+    const uint32_t* bb = f.mma_b;
+    if (kind == MmaKind::kBf16M16N8K16) {
+      const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+      for (int r = 0; r < 4; ++r) {
+        A[rows[r]][cols[r]] = bf16_bits_to_float(a[r]);
+        A[rows[r]][cols[r] + 1] = bf16_bits_to_float(a[r] >> 16);
+      }
+      for (int r = 0; r < 2; ++r) {
+        B[2 * t + 8 * r][g] = bf16_bits_to_float(bb[r]);
+        B[2 * t + 8 * r + 1][g] = bf16_bits_to_float(bb[r] >> 16);
+      }
+    } else {
+      for (int r = 0; r < 4; ++r)
+        if (!is_tf32(a[r])) return "mma .tf32 operand A with non-zero low 13 bits (not rounded by cvt.rna.tf32.f32)";
+      for (int r = 0; r < 2; ++r)
+        if (!is_tf32(bb[r])) return "mma .tf32 operand B with non-zero low 13 bits (not rounded by cvt.rna.tf32.f32)";
+      std::memcpy(&A[g][t], &a[0], 4);
+      std::memcpy(&A[g + 8][t], &a[1], 4);
+      std::memcpy(&A[g][t + 4], &a[2], 4);
+      std::memcpy(&A[g + 8][t + 4], &a[3], 4);
+      std::memcpy(&B[t][g], &bb[0], 4);
+      std::memcpy(&B[t + 4][g], &bb[1], 4);
+    }
+    const float* d = f.mma_d;
+    C[g][2 * t] = d[0];
+    C[g][2 * t + 1] = d[1];
+    C[g + 8][2 * t] = d[2];
+    C[g + 8][2 * t + 1] = d[3];
+  }
+  float D[16][8];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 8; ++j) {
+      float acc = C[i][j];
+      for (int k = 0; k < K; ++k) acc += A[i][k] * B[k][j];  // exact products, float32 sums
+      D[i][j] = acc;
+    }
+  for (int l = 0; l < kWarpSize; ++l) {
+    float* d = b.fibers[base + l].mma_d;
+    const int g = l >> 2, t = l & 3;
+    d[0] = D[g][2 * t];
+    d[1] = D[g][2 * t + 1];
+    d[2] = D[g + 8][2 * t];
+    d[3] = D[g + 8][2 * t + 1];
+  }
+  return "";
+}
+
 // Release every warp operation whose lanes have all arrived. Called only when no fiber can run, so a lane of a
 // mask that is anywhere else will never arrive: that is an error, not a wait.
 inline bool release_warps(Block& b) {
@@ -283,6 +423,13 @@ inline bool release_warps(Block& b) {
       }
     }
     // Everyone is here: exchange.
+    if (f.op == WarpOp::kMma) {
+      const std::string err = run_mma(b, base);
+      if (!err.empty()) {
+        b.error = err + " (" + coords(f) + ", " + block_coords(b) + ")";
+        return false;
+      }
+    }
     for (int l = 0; l < kWarpSize; ++l) {
       if (!(mask >> l & 1u)) continue;
       Fiber& g = b.fibers[base + l];
@@ -379,7 +526,15 @@ void launch(const char* name, void (*kernel)(P...), Config cfg, A&&... args) {
     why << "invalid block (" << bl.x << ", " << bl.y << ", " << bl.z << ")";
   if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 2147483647u || g.y > 65535 || g.z > 65535)
     why << "invalid grid (" << g.x << ", " << g.y << ", " << g.z << ")";
-  if (cfg.smem > kMaxDynamicShared) why << "dynamic shared memory " << cfg.smem << " B over the 48 KiB default limit";
+  const auto opt = func_max_dynamic_shared().find(reinterpret_cast<const void*>(kernel));
+  const size_t limit = opt == func_max_dynamic_shared().end() ? kMaxDynamicShared : opt->second;
+  if (cfg.smem > limit) {
+    if (limit == kMaxDynamicShared) {
+      why << "dynamic shared memory " << cfg.smem << " B over the 48 KiB default limit (no cudaFuncSetAttribute)";
+    } else {
+      why << "dynamic shared memory " << cfg.smem << " B over the " << limit << " B set by cudaFuncSetAttribute";
+    }
+  }
   if (!why.str().empty()) throw std::invalid_argument(std::string("cuda_emu: launch of ") + name + ": " + why.str());
   launch_log().push_back({name, g, bl, cfg.smem});
 
@@ -469,6 +624,33 @@ T shuffle(unsigned int mask, T v, int src_lane) {
 
 inline int current_lane() { return lane_of(*current_block()->cur); }
 
+inline void mma(MmaKind kind, float* d, const uint32_t* a, const uint32_t* b) {
+  Fiber* f = current_block()->cur;
+  f->mma = kind;
+  f->mma_d = d;
+  f->mma_a = a;
+  f->mma_b = b;
+  warp_op(WarpOp::kMma, 0xffffffffu, nullptr, 0, 0);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, d
+inline void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  mma(MmaKind::kBf16M16N8K16, d, a, b);
+}
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 d, a, b, d
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  mma(MmaKind::kTf32M16N8K8, d, a, b);
+}
+
+// cvt.rna.tf32.f32: to nearest, ties away from zero, keeping 10 mantissa bits; NaN and infinity pass through.
+inline uint32_t cvt_rna_tf32_f32(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf, NaN
+  u += 0x1000u;                                    // half of the dropped 13 bits' range: ties away
+  return u & ~0x1fffu;
+}
+
 }  // namespace oneshot_emu
 
 #define threadIdx (::oneshot_emu::thread_idx())
@@ -488,10 +670,49 @@ T __shfl_xor_sync(unsigned int mask, T v, int lane_mask, int width = 32) {
   return oneshot_emu::shuffle(mask, v, src / width == lane / width ? src : lane);
 }
 
+// __shfl_sync: lane srcLane of this lane's segment of `width` lanes (srcLane taken modulo width).
+template <typename T>
+T __shfl_sync(unsigned int mask, T v, int src_lane, int width = 32) {
+  const int lane = oneshot_emu::current_lane();
+  const int base = lane & ~(width - 1);
+  return oneshot_emu::shuffle(mask, v, base + (src_lane & (width - 1)));
+}
+
+// __shfl_up_sync / __shfl_down_sync: lane - delta / lane + delta within the segment; lanes whose source falls
+// outside it get their own value back.
+template <typename T>
+T __shfl_up_sync(unsigned int mask, T v, unsigned int delta, int width = 32) {
+  const int lane = oneshot_emu::current_lane();
+  const int src = lane - int(delta);
+  return oneshot_emu::shuffle(mask, v, src >= (lane & ~(width - 1)) ? src : lane);
+}
+
+template <typename T>
+T __shfl_down_sync(unsigned int mask, T v, unsigned int delta, int width = 32) {
+  const int lane = oneshot_emu::current_lane();
+  const int src = lane + int(delta);
+  return oneshot_emu::shuffle(mask, v, src < (lane & ~(width - 1)) + width ? src : lane);
+}
+
 // One OS thread runs every fiber, and a fiber is never interrupted between these lines: plain updates are atomic.
 template <typename T>
 T atomicAdd(T* address, T v) {
   const T old = *address;
   *address = old + v;
+  return old;
+}
+
+// sm_90's vector atomics (global memory, naturally aligned addresses only).
+inline float2 atomicAdd(float2* address, float2 v) {
+  if (reinterpret_cast<uintptr_t>(address) % 8 != 0) oneshot_emu::fail("float2 atomicAdd on a misaligned address");
+  const float2 old = *address;
+  *address = {old.x + v.x, old.y + v.y};
+  return old;
+}
+
+inline float4 atomicAdd(float4* address, float4 v) {
+  if (reinterpret_cast<uintptr_t>(address) % 16 != 0) oneshot_emu::fail("float4 atomicAdd on a misaligned address");
+  const float4 old = *address;
+  *address = {old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w};
   return old;
 }
