@@ -38,7 +38,7 @@ BUILD=${BUILD:-auto}
 case "$DEVICE" in
   cuda) DEF_TESTS="tests/test_cuda.py tests/test_render_triplane.py tests/test_triton.py tests/test_triton_configs.py
           tests/test_triplane.py tests/test_raymarch.py tests/test_raster.py tests/test_dtypes.py tests/test_errors.py
-          tests/test_compat_eg3d.py"
+          tests/test_compat_eg3d.py tests/test_cuda_render.py"
         DEF_SIZES="quick large"; DEF_BUDGET=0.5; DEF_OPS="triplane raymarch raster render eg3d avatar"; DEF_SHARE=45 ;;
   cpu)  DEF_TESTS="tests/test_cuda.py tests/test_triton_configs.py tests/test_errors.py"
         DEF_SIZES="quick"; DEF_BUDGET=0.05; DEF_OPS="triplane raymarch render"; DEF_SHARE=70 ;;

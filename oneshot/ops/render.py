@@ -116,7 +116,9 @@ def render_triplane(
         size [R, S, *] is kept between forward and backward.
 
     dtypes: float32 or float64, all tensors alike; or float16 / bfloat16 planes with float32 for the rest
-    (sampled and accumulated in float32; the planes' gradient in their dtype).
+    (sampled and accumulated in float32; the planes' gradient in their dtype). On CUDA the decoder's GEMMs run on
+    tensor cores: bfloat16 operands with float32 accumulation for 16-bit planes (within ~16 x 2^-8 of each result's
+    scale of the float32 contract), 3xTF32 for float32 planes (float32-accurate); see docs/cuda_render.md.
     """
     check_tensor("planes", planes, "[B, 3, C, H, W]", 5)
     if planes.shape[1] != 3:
