@@ -1,0 +1,218 @@
+"""``oneshot export``: the avatar of a portrait as a mesh file, or one mesh per frame of a driving video.
+
+    oneshot export --checkpoint CKPT PORTRAIT --out head.glb|head.ply|head.obj [--resolution 256] [--level 10]
+                   [--driver IMAGE [--driver-landmarks FILE] [--no-pose]] [--landmarks FILE] [--matte PNG |
+                   --no-matte] [--face-model PATH] [--recon PTH] [--min-piece 0.05] [--no-colors] [--seed 0]
+                   [--device cpu|cuda] [--quiet]
+    oneshot export --checkpoint CKPT PORTRAIT --frames VIDEO --out DIR [--format glb|ply|obj]
+                   [--frames-landmarks FILE] [--no-smooth] [--no-pose] [--resume] [--fps F] ...
+
+The command layer only: the work is :mod:`oneshot.export` (and, for the portrait, the helpers ``reconstruct`` and
+``animate`` use). ``add_parser(subparsers)`` registers ``export``; ``run(args)`` returns the exit code. Bad input
+raises ValueError / FileNotFoundError (the ``oneshot`` entry point prints them and exits with 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+_FORMATS = ("glb", "ply", "obj")
+
+
+def _info(a, msg: str) -> None:
+    if not a.quiet:
+        print(msg, file=sys.stderr)
+
+
+def _check_args(a) -> None:
+    from .files import FORMATS
+
+    if a.resolution < 2:
+        raise ValueError(f"--resolution must be >= 2, got {a.resolution}")
+    if not 0.0 <= a.min_piece <= 1.0:
+        raise ValueError(f"--min-piece must be in [0, 1], got {a.min_piece}")
+    if a.frames is not None and a.driver is not None:
+        raise ValueError("--driver (one expression and pose) and --frames (one per video frame) exclude each other")
+    if a.frames is None:
+        for flag, v in (("--resume", a.resume), ("--frames-landmarks", a.frames_landmarks),
+                        ("--format", a.format)):
+            if v:
+                raise ValueError(f"{flag} is for --frames VIDEO")
+        if Path(a.out).suffix.lower() not in FORMATS:
+            raise ValueError(f"--out must end in {', '.join(FORMATS)} (the mesh format), got {a.out}")
+    elif Path(a.out).suffix.lower() in FORMATS:
+        raise ValueError(f"with --frames, --out is a folder for the numbered meshes (pick the format with --format), "
+                         f"got {a.out}")
+    if a.driver_landmarks is not None and a.driver is None:
+        raise ValueError("--driver-landmarks is for --driver IMAGE")
+    for name in ("driver", "frames", "driver_landmarks", "frames_landmarks"):
+        v = getattr(a, name)
+        if v is not None and not Path(v).exists():
+            raise FileNotFoundError(f"--{name.replace('_', '-')}: no such file: {v}")
+
+
+def _driver(a, model, recon):
+    """(coeffs [1], camera [1, 25]) of the --driver image."""
+    import torch
+
+    from ..cli_infer import _check_inside, _detect_one, _estimate, _front_end, load_landmarks
+    from ..video import read_image
+
+    rgb = read_image(a.driver)
+    if a.driver_landmarks is not None:
+        lm = load_landmarks(a.driver_landmarks)
+        _check_inside(lm, rgb.shape[1], rgb.shape[0], str(a.driver_landmarks))
+    else:
+        with _front_end("the driver has no --driver-landmarks FILE and detecting them needs the faces extra") as f:
+            lm, _ = _detect_one(f, rgb, a.driver, "driver")
+    image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+    est = _estimate(model, recon, image, lm[None])
+    return est.coeffs, est.camera
+
+
+def _video(a, model, recon):
+    """(coeffs [N], cameras [N, 25], fps) of every frame of --frames VIDEO."""
+    import numpy as np
+    import torch
+
+    from ..cli_infer import (_check_inside, _driving_batches, _estimate, landmark_jitter, load_landmark_frames,
+                             smooth_landmarks, track_landmarks)
+    from ..face3d import Coeffs
+    from ..video import read_frames
+
+    frames = read_frames(a.frames, fps=a.fps)
+    if a.frames_landmarks is not None:
+        lm = load_landmark_frames(a.frames_landmarks)
+        if len(lm) != len(frames):
+            raise ValueError(f"{a.frames_landmarks} has landmarks for {len(lm)} frames, {a.frames} has {len(frames)}")
+    else:
+        lm = track_landmarks(frames, quiet=a.quiet)
+    if not a.no_smooth and len(lm) >= 3 and lm.shape[1] == 68:
+        raw, lm = lm, smooth_landmarks(lm, frames.fps)
+        _info(a, f"driving landmarks smoothed (one-euro; --no-smooth turns it off): jitter "
+                 f"{float(landmark_jitter(raw)):.3f} -> {float(landmark_jitter(lm)):.3f}")
+    coeffs, cams = [], []
+    for start, chunk, chunk_lm in _driving_batches(frames, lm, 16):
+        if start == 0:
+            _check_inside(lm, chunk[0].shape[1], chunk[0].shape[0], str(a.frames_landmarks or a.frames))
+        images = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float() / 255
+        est = _estimate(model, recon, images, chunk_lm)
+        coeffs.append(est.coeffs)
+        cams.append(est.camera)
+    fields = ("identity", "expression", "albedo", "lighting", "rotation", "translation")
+    all_coeffs = Coeffs(*(torch.cat([getattr(c, f) for c in coeffs]) for f in fields), model=coeffs[0].model)
+    return all_coeffs, torch.cat(cams), frames.fps
+
+
+def _record(a) -> dict:
+    keys = ("checkpoint", "source", "frames", "landmarks", "frames_landmarks", "matte", "no_matte", "face_model",
+            "recon", "resolution", "level", "min_piece", "no_colors", "no_pose", "no_smooth", "seed")
+    paths = ("checkpoint", "source", "frames", "landmarks", "frames_landmarks", "matte", "face_model", "recon")
+    return {k: (str(Path(getattr(a, k)).resolve()) if k in paths and getattr(a, k) is not None else getattr(a, k))
+            for k in keys}
+
+
+def run(a) -> int:
+    """``oneshot export``."""
+    from ..cli_infer import _check_common, _device, _load, _read_source_inputs, _source
+    from . import ExportUnavailableError, MeshSequence, export_avatar, export_sequence, save_mesh
+    from .mesh import require
+
+    a.batch = 1
+    _check_common(a)
+    _check_args(a)
+    try:
+        require("skimage.measure", "trimesh")
+    except ExportUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = _device(a.device)
+    inputs = _read_source_inputs(a)
+    model, recon = _load(a, device)
+    est, avatar = _source(a, model, recon, inputs)
+    kw = dict(resolution=a.resolution, level=a.level, min_piece=a.min_piece, colors=not a.no_colors,
+              progress=not a.quiet)
+    if a.frames is None:
+        coeffs = camera = None
+        if a.driver is not None:
+            coeffs, camera = _driver(a, model, recon)
+            camera = None if a.no_pose else camera
+        mesh = export_avatar(model, avatar, coeffs=coeffs, camera=camera, **kw)
+        path = save_mesh(mesh, a.out, {"source": str(a.source), "driver": None if a.driver is None else str(a.driver),
+                                       "checkpoint": str(a.checkpoint)})
+        print(f"wrote {path} ({mesh.num_vertices} vertices, {mesh.num_faces} faces; level {a.level:g} at "
+              f"{a.resolution}^3; {'neutral' if coeffs is None else 'the driver'}'s expression, "
+              f"{'canonical' if camera is None else 'the driver'}'s pose)")
+        return 0
+    coeffs, cams, fps = _video(a, model, recon)
+    seq = MeshSequence(a.out, "." + (a.format or "glb"), record={**_record(a), "fps": fps}, resume=a.resume,
+                       frames=coeffs.batch_size)
+    todo = len(seq.missing())
+    if todo < seq.frames:
+        _info(a, f"resuming: {seq.frames - todo} of {seq.frames} meshes already exported")
+    kw.pop("progress")
+    try:
+        paths = export_sequence(model, avatar, coeffs, None if a.no_pose else cams, seq, progress=not a.quiet, **kw)
+    except BaseException:
+        done = seq.frames - len(seq.missing()) if seq.resume else None
+        print(f"export stopped: the finished meshes are in {seq.folder}/; run the same command with --resume to "
+              f"export only the rest" + (f" ({done} of {seq.frames} done)" if done is not None else ""),
+              file=sys.stderr)
+        raise
+    print(f"wrote {len(paths)} meshes to {seq.folder}/ ({paths[0].name} ... {paths[-1].name}, {fps:g} fps)")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Register ``export`` on an ``argparse`` subparsers object (``func`` = :func:`run`)."""
+    from .mesh import DEFAULT_LEVEL, DEFAULT_MIN_PIECE
+
+    p = subparsers.add_parser(
+        "export", help="export the avatar of a portrait as a mesh (.glb, .ply, .obj)",
+        description="Reconstruct the avatar of PORTRAIT, sample its density on a grid inside the tri-plane box, "
+                    "and write the iso-surface (marching cubes) with vertex colours as OUT (.glb, .ply or .obj, "
+                    "in oneshot's world frame: x right, y up, z out of the face, 1 unit = 370 mm; said in the "
+                    "file). Neutral expression by default; --driver IMAGE gives its expression and head pose; "
+                    "--frames VIDEO writes one mesh per frame into the folder OUT (resumable with --resume). "
+                    "Needs the export extra: pip install 'oneshot[export]'.")
+    p.add_argument("--checkpoint", required=True, help="the avatar (.safetensors written by OneShotAvatar.save)")
+    p.add_argument("source", metavar="PORTRAIT", help="the source portrait (an image file)")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="the mesh file (.glb, .ply or .obj); with --frames, a folder for 000000.glb, 000001.glb, ...")
+    p.add_argument("--resolution", type=int, default=256,
+                   help="grid points per axis over the box (default 256: a 3.9e-3 world-unit, 1.45 mm voxel)")
+    p.add_argument("--level", type=float, default=DEFAULT_LEVEL,
+                   help=f"iso level on the decoder's raw density (default {DEFAULT_LEVEL:g}, EG3D's)")
+    p.add_argument("--min-piece", type=float, default=DEFAULT_MIN_PIECE,
+                   help="remove pieces with fewer faces than this fraction of the largest piece's (default "
+                        f"{DEFAULT_MIN_PIECE:g}; 0 keeps all)")
+    p.add_argument("--no-colors", action="store_true", help="no vertex colours")
+    p.add_argument("--driver", default=None, metavar="IMAGE",
+                   help="give the avatar this image's expression and head pose (default: neutral, canonical pose)")
+    p.add_argument("--driver-landmarks", default=None, metavar="FILE",
+                   help="landmarks of --driver (as --landmarks); default: detected (faces extra)")
+    p.add_argument("--no-pose", action="store_true",
+                   help="with --driver or --frames: take the expression only and keep the canonical pose")
+    p.add_argument("--frames", default=None, metavar="VIDEO",
+                   help="one mesh per frame of this video (or folder of frames): OUT/000000.glb, ...")
+    p.add_argument("--frames-landmarks", default=None, metavar="FILE",
+                   help="landmarks of every frame of --frames (as animate's --driving-landmarks); default: tracked")
+    p.add_argument("--format", choices=_FORMATS, default=None, help="with --frames: the mesh format (default glb)")
+    p.add_argument("--no-smooth", action="store_true", help="with --frames: no one-euro smoothing of the landmarks")
+    p.add_argument("--fps", type=float, default=None, help="with --frames: frame rate of a folder of frames")
+    p.add_argument("--resume", action="store_true",
+                   help="with --frames: keep the meshes an interrupted run left in OUT (same arguments only)")
+    p.add_argument("--landmarks", default=None, metavar="FILE", help="landmarks of PORTRAIT (as reconstruct's)")
+    p.add_argument("--matte", default=None, metavar="PNG", help="8-bit matte of PORTRAIT (255 = head)")
+    p.add_argument("--no-matte", action="store_true", help="keep PORTRAIT's background")
+    p.add_argument("--face-model", default=None, metavar="PATH",
+                   help="the morphable model the avatar was trained with (default: the built-in one)")
+    p.add_argument("--recon", default=None, metavar="EPOCH_20.pth",
+                   help="Deep3DFaceRecon's checkpoint: regress the coefficients (needs --face-model BFM)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reconstruction's render (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+    p.set_defaults(func=run)
