@@ -7,9 +7,15 @@
     oneshot export --checkpoint CKPT PORTRAIT --frames VIDEO --out DIR [--format glb|ply|obj]
                    [--frames-landmarks FILE] [--no-smooth] [--no-pose] [--resume] [--fps F] ...
 
-The command layer only: the work is :mod:`oneshot.export` (and, for the portrait, the helpers ``reconstruct`` and
-``animate`` use). ``add_parser(subparsers)`` registers ``export``; ``run(args)`` returns the exit code. Bad input
-raises ValueError / FileNotFoundError (the ``oneshot`` entry point prints them and exits with 2).
+    oneshot evaluate --protocol geometry --checkpoint CKPT --data SYNTH_DIR --out DIR [--resolution 128]
+                     [--level 10] [--samples 20000] [--save-meshes] [--limit N] [--seed 0] [--resume] ...
+
+The command layer only: the work is :mod:`oneshot.export` and :mod:`oneshot.eval.geometry` (and, for the portrait,
+the helpers ``reconstruct`` and ``animate`` use). ``add_parser(subparsers)`` registers ``export``; ``run(args)``
+returns the exit code. For ``evaluate --protocol geometry``: ``add_geometry_options(parser)`` adds the geometry
+options to the ``evaluate`` parser and ``evaluate_geometry(args)`` runs it (the evaluate command's own options used:
+checkpoint, data, out, face_model, limit, seed, device, resume, quiet). Bad input raises ValueError /
+FileNotFoundError (the ``oneshot`` entry point prints them and exits with 2).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "add_geometry_options", "evaluate_geometry"]
 
 _FORMATS = ("glb", "ply", "obj")
 
@@ -216,3 +222,118 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     p.set_defaults(func=run)
+
+
+
+# -- evaluate --protocol geometry -----------------------------------------------------------------------------------
+
+_GEOMETRY_KEYS = ("checkpoint", "data", "face_model", "limit", "seed", "resolution", "level", "samples")
+
+
+def add_geometry_options(p) -> None:
+    """The geometry protocol's options, for the ``evaluate`` parser (--resolution, --level, --samples,
+    --save-meshes)."""
+    from ..eval.geometry import DEFAULT_GEOMETRY_RESOLUTION, DEFAULT_SAMPLES
+    from .mesh import DEFAULT_LEVEL
+
+    g = p.add_argument_group("geometry protocol (synthetic data: the exact morphable-model mesh of every sample)")
+    g.add_argument("--resolution", type=int, default=DEFAULT_GEOMETRY_RESOLUTION,
+                   help=f"export grid points per axis (default {DEFAULT_GEOMETRY_RESOLUTION}: a 2.9 mm voxel)")
+    g.add_argument("--level", type=float, default=DEFAULT_LEVEL,
+                   help=f"iso level on the decoder's raw density (default {DEFAULT_LEVEL:g})")
+    g.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"query points per surface (default {DEFAULT_SAMPLES})")
+    g.add_argument("--save-meshes", action="store_true", help="also write each source's mesh as OUT/meshes/ID.ply")
+
+
+def evaluate_geometry(a) -> int:
+    """``oneshot evaluate --protocol geometry``: OUT/metrics.json, OUT/table.md, OUT/samples.csv (one row per
+    source), OUT/samples.jsonl (rows as they finish: --resume continues after them)."""
+    import csv
+    import json
+    import os
+
+    from ..cli_infer import _device
+    from ..data import FaceDataset
+    from ..eval.geometry import GEOMETRY_METRICS, aggregate_geometry, geometry_sources, geometry_table, run_geometry
+    from ..face3d import load_model
+    from ..models import OneShotAvatar
+    from . import ExportUnavailableError, save_mesh
+    from .mesh import require
+
+    data = a.data if isinstance(a.data, (list, tuple)) else [a.data]
+    if len(data) != 1 or not (Path(data[0]) / "samples.jsonl").is_file():
+        raise ValueError(f"--protocol geometry needs one dataset directory with the exact morphable-model "
+                         f"coefficients of its samples (oneshot data synth), got {' '.join(map(str, data))}")
+    if not Path(a.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint: no such file: {a.checkpoint}")
+    if a.resolution < 2 or a.samples < 1:
+        raise ValueError(f"--resolution must be >= 2 and --samples >= 1, got {a.resolution} and {a.samples}")
+    try:
+        require("skimage.measure", "trimesh")
+    except ExportUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {k: getattr(a, k, None) for k in _GEOMETRY_KEYS}
+    record.update(protocol="geometry", checkpoint=str(Path(a.checkpoint).resolve()), data=str(Path(data[0]).resolve()),
+                  face_model=None if a.face_model is None else str(Path(a.face_model).resolve()))
+    rec_path, rows_path = out / "run.json", out / "samples.jsonl"
+    done = []
+    if a.resume and rec_path.is_file():
+        old = json.loads(rec_path.read_text())
+        diff = sorted(k for k in record if old.get(k) != record[k])
+        if diff:
+            raise ValueError(f"--resume: {out} was written with other arguments ({', '.join(diff)} differ); use "
+                             f"another --out or the same arguments")
+        if rows_path.is_file():
+            done = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+    elif rows_path.exists() and not a.resume:
+        raise FileExistsError(f"{out} holds an earlier evaluation (samples.jsonl): pass --resume to continue it, or "
+                              f"choose another --out")
+    rec_path.write_text(json.dumps(record, indent=1))
+    if not done:
+        rows_path.write_text("")
+    device = _device(a.device)
+    face = load_model(a.face_model)
+    model = OneShotAvatar.load(a.checkpoint, face).to(device).eval()
+    ds = FaceDataset(data[0])
+    sources = geometry_sources(ds, limit=a.limit)
+    finished = {r["source"] for r in done}
+    todo = [s for s in sources if ds.samples[s]["id"] not in finished]
+    if done:
+        _info(a, f"resuming after {len(done)} of {len(sources)} sources")
+
+    def append(row):
+        with open(rows_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def keep_mesh(row, mesh):
+        save_mesh(mesh, out / "meshes" / f"{row['source']}.ply", {"source": row["source"]})
+
+    rows = done + run_geometry(model, ds, todo, resolution=a.resolution, level=a.level, samples=a.samples,
+                               seed=a.seed, device=device, progress=not a.quiet, on_row=append,
+                               on_mesh=keep_mesh if a.save_meshes else None)
+    summary = {"format": "oneshot-eval", "protocol": "geometry", "checkpoint": str(a.checkpoint), "data": str(data[0]),
+               **aggregate_geometry(rows),
+               "settings": {"resolution": a.resolution, "level": a.level, "samples": a.samples, "seed": a.seed,
+                            "units": "mm of the morphable model's metric scale (370.4 mm per world unit)",
+                            "region": "the morphable model's face region",
+                            "baseline": "the morphable model's mean face at the sample's pose"}}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    table = geometry_table(summary, f"geometry on {data[0]}")
+    (out / "table.md").write_text(table)
+    cols = (["source", "identity", "surface", "faces"] + list(GEOMETRY_METRICS)
+            + [f"baseline_{m}" for m in GEOMETRY_METRICS])
+    with open(out / "samples.csv.tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([r[c] for c in cols])
+    os.replace(out / "samples.csv.tmp", out / "samples.csv")
+    _info(a, table.rstrip())
+    print(f"wrote {out / 'metrics.json'}, table.md, samples.csv ({len(rows)} sources)")
+    return 0
