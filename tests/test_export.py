@@ -126,30 +126,53 @@ class _Generic(torch.nn.Module):
         return self.inner(x)
 
 
+@pytest.mark.parametrize("method", ["lattice", "pointwise"])
+@pytest.mark.parametrize("axes", ["goha", "eg3d"])
 @pytest.mark.parametrize("resolution", [2, 5, 16])
-def test_density_grid_layout_chunks_and_paths(resolution):
+def test_density_grid_layout_chunks_and_paths(resolution, axes, method):
+    from oneshot.ops import PLANE_AXES_EG3D, PLANE_AXES_GOHA
+
+    axes = PLANE_AXES_GOHA if axes == "goha" else PLANE_AXES_EG3D
     g = torch.Generator().manual_seed(1)
     planes = torch.randn(1, 3, 6, 9, 11, generator=g)
     dec = TriplaneDecoder(6, 8, 4)
-    grid = density_grid(planes, dec, resolution)
+    grid = density_grid(planes, dec, resolution, axes=axes, method=method)
     c = grid_points(resolution).float()
     pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(1, -1, 3)
-    with torch.no_grad():
-        want = dec(triplane_sample(planes, pts))[0].reshape((resolution,) * 3)
-    assert_close(torch.from_numpy(grid), want, rtol=1e-5, atol=1e-5, name="grid[i, j, k] = σ(x_i, y_j, z_k)")
+    with torch.no_grad():  # the oracle: the composed ops at every grid point
+        want = dec(triplane_sample(planes, pts, axes=axes, backend="reference"))[0].reshape((resolution,) * 3)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    assert_close(torch.from_numpy(grid), want, **tol, name="grid[i, j, k] = σ(x_i, y_j, z_k)")
     # any chunking (the same values up to the matmul's rounding for another number of rows)
-    assert_close(torch.from_numpy(density_grid(planes, dec, resolution, chunk=7)), torch.from_numpy(grid), rtol=1e-6,
-                 atol=1e-6, name="chunk=7")
-    generic = density_grid(planes, _Generic(dec), resolution)  # the whole decoder, not the density-only path
-    assert_close(torch.from_numpy(generic), want, rtol=1e-5, atol=1e-5, name="generic decoder")
-    ref = density_grid(planes, dec, resolution, backend="reference")
-    assert_close(torch.from_numpy(ref), want, rtol=1e-5, atol=1e-5, name="reference backend")
-    padded = density_grid(planes, dec, resolution, pad=-7.0)
+    assert_close(torch.from_numpy(density_grid(planes, dec, resolution, axes=axes, method=method, chunk=7)), want,
+                 **tol, name="chunk=7")
+    generic = density_grid(planes, _Generic(dec), resolution, axes=axes, method=method)  # the decoder called whole
+    assert_close(torch.from_numpy(generic), want, **tol, name="generic decoder")
+    half = density_grid(planes.half(), dec, resolution, axes=axes, method=method)  # 16-bit planes, sampled in fp32
+    with torch.no_grad():
+        want_half = dec(triplane_sample(planes.half().float(), pts, axes=axes))[0].reshape((resolution,) * 3)
+    # the op returns float16 samples (one rounding per sample: per plane on the lattice path, of the mean on the
+    # pointwise one): float16's precision, eps = 9.8e-4
+    assert_close(torch.from_numpy(half), want_half, rtol=1e-3, atol=1e-3, name="float16 planes")
+    padded = density_grid(planes, dec, resolution, axes=axes, method=method, pad=-7.0)
     assert padded.shape == (resolution + 2,) * 3
     assert np.array_equal(padded[1:-1, 1:-1, 1:-1], grid)
     inner = np.zeros_like(padded, dtype=bool)
     inner[1:-1, 1:-1, 1:-1] = True
     assert (padded[~inner] == -7.0).all()
+
+
+def test_density_grid_backends_agree():
+    g = torch.Generator().manual_seed(3)
+    planes = torch.randn(1, 3, 5, 8, 8, generator=g)
+    dec = TriplaneDecoder(5, 8, 4)
+    native = density_grid(planes, dec, 9)
+    reference = density_grid(planes, dec, 9, backend="reference")
+    assert_close(torch.from_numpy(native), torch.from_numpy(reference), rtol=1e-5, atol=1e-5, name="backends")
+    with pytest.raises(ValueError, match="method must be one of"):
+        density_grid(planes, dec, 9, method="fast")
+    with pytest.raises(ValueError, match="axes must be three pairs"):
+        density_grid(planes, dec, 9, axes=((0, 1), (1, 1), (2, 0)))
 
 
 def test_sample_colors_matches_the_decoder():
@@ -482,3 +505,28 @@ def test_command_without_a_surface_says_so(command_world, tmp_path):
         _run("--checkpoint", w["ckpt"], w["source"], "--landmarks", w["root"] / "source.json", "--matte", w["matte"],
              "--resolution", 8, "--quiet", "--out", tmp_path / "head.glb")
     assert not (tmp_path / "head.glb").exists()
+
+
+def test_render_mesh_shows_a_sphere_where_the_camera_sees_it():
+    from oneshot import cameras
+    from oneshot.export import render_mesh
+
+    s = trimesh.creation.icosphere(4, 0.3)
+    mesh = AvatarMesh(np.asarray(s.vertices, np.float32), np.asarray(s.faces, np.int64),
+                      np.tile(np.array([[200, 100, 50]], np.uint8), (len(s.vertices), 1)))
+    cam = cameras.camera_label(cameras.look_at(0.3, 0.1, pivot=(0.0, 0.0, 0.0)), cameras.intrinsics())
+    img = render_mesh(mesh, cam, 64)
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    fg = (img != 255).any(-1)
+    # the silhouette: a disc of radius f tan(asin(r / d)) W pixels about the centre
+    radius = cameras.FOCAL * math.tan(math.asin(0.3 / 2.7)) * 64
+    assert fg.sum() == pytest.approx(math.pi * radius ** 2, rel=0.03)
+    ii, jj = np.nonzero(fg)
+    assert (ii.mean() + 0.5, jj.mean() + 0.5) == pytest.approx((32, 32), abs=0.5)
+    grey = img[..., 0].astype(float)
+    assert grey[32, 32] == pytest.approx(0.82 * 255, abs=3)  # facing the headlight: full light
+    assert grey[fg].min() < 0.5 * grey[32, 32]  # the rim turns away from it
+    colored = render_mesh(mesh, cam, 64, colors=True)
+    assert colored[32, 32].tolist() == pytest.approx([200, 100, 50], abs=2)
+    with pytest.raises(ValueError, match="colors=True needs a mesh with vertex colours"):
+        render_mesh(AvatarMesh(mesh.vertices, mesh.faces), cam, 64, colors=True)

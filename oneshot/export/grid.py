@@ -25,10 +25,10 @@ from torch import Tensor
 from ..ops import PLANE_AXES_GOHA, decoder_weights, triplane_sample
 
 __all__ = ["GridTooLargeError", "grid_points", "grid_bytes", "available_memory", "density_grid", "sample_colors",
-           "DEFAULT_CHUNK"]
+           "DEFAULT_CHUNK", "METHODS"]
 
-#: Points per ``triplane_sample`` + decoder pass (about 70 MB of float32 temporaries with the paper's 32 channels
-#: and 64 hidden units; the speed is flat from 2^16 to 2^20 on a CPU).
+#: Grid points per pass (about 200 MB of float32 temporaries with the paper's 64 hidden units; see
+#: benchmarks/bench_export.py for the time and memory at other sizes).
 DEFAULT_CHUNK = 1 << 18
 
 
@@ -97,28 +97,99 @@ def _check_planes(planes: Tensor) -> Tensor:
     return planes
 
 
-def _density_fn(planes: Tensor, decoder, box_warp: float, axes, backend):
-    """points [1, M, 3] (float32) -> σ [M] float32."""
+def _axis_pairs(axes) -> tuple[tuple[int, int], ...]:
+    """The three (a, b) coordinate pairs of `axes` (``PLANE_AXES_GOHA`` style), checked."""
+    try:
+        pairs = tuple((int(a), int(b)) for a, b in axes)
+    except (TypeError, ValueError):
+        pairs = ()
+    if len(pairs) != 3 or any(a == b or not (0 <= a <= 2 and 0 <= b <= 2) for a, b in pairs):
+        raise ValueError(f"axes must be three pairs of distinct coordinates in 0..2 (e.g. {PLANE_AXES_GOHA}), got "
+                         f"{axes!r}")
+    return pairs
+
+
+def _pointwise(planes: Tensor, decoder, coords: Tensor, box_warp: float, axes, backend):
+    """The composed path: (i0, i1) -> σ [i1 - i0, R, R] of the grid's x-slabs i0 .. i1 - 1, each point looked up
+    by ``triplane_sample`` and decoded (density-only for EG3D's decoder: σ's row of the second layer)."""
     from ..models.decoder import TriplaneDecoder
 
+    R = len(coords)
     if isinstance(decoder, TriplaneDecoder):
         w1, b1, w2, b2 = (t.detach() for t in decoder_weights(decoder))
-        w2, b2 = w2[:1], b2[:1]  # the density-only path: σ's row of the second layer
 
-        def density(pts):
-            feats = triplane_sample(planes, pts, box_warp=box_warp, axes=axes, backend=backend)[0]
-            return F.linear(F.softplus(F.linear(feats.to(w1.dtype), w1, b1)), w2, b2)[:, 0]
+        def decode(feats):
+            return F.linear(F.softplus(F.linear(feats.to(w1.dtype), w1, b1)), w2[:1], b2[:1])[..., 0]
     else:
-        def density(pts):
-            feats = triplane_sample(planes, pts, box_warp=box_warp, axes=axes, backend=backend)
-            return decoder(feats)[0][0]
-    return density
+        def decode(feats):
+            return decoder(feats)[0]
+
+    def slabs(i0, i1):
+        x, y, z = torch.meshgrid(coords[i0:i1], coords, coords, indexing="ij")
+        pts = torch.stack([x, y, z], -1).reshape(1, -1, 3)
+        feats = triplane_sample(planes, pts, box_warp=box_warp, axes=axes, backend=backend)
+        return decode(feats).float().reshape(i1 - i0, R, R)
+    return slabs
+
+
+def _factorized(planes: Tensor, decoder, coords: Tensor, box_warp: float, axes, backend, chunk: int):
+    """The lattice path: on a grid, plane p (coordinates a, b) is read at R x R points only, whatever the third
+    coordinate, so its R^2 samples (``triplane_sample`` at the lattice) are taken once and broadcast; EG3D's
+    first layer is linear, so it is applied to each plane's samples before the sum (the mean's 1/3 folded in):
+    per grid point only the three hidden vectors' sum, the softplus and σ's row remain. Same values as
+    :func:`_pointwise` up to rounding."""
+    from ..models.decoder import TriplaneDecoder
+
+    R, C = len(coords), planes.shape[2]
+    pairs = _axis_pairs(axes)
+    eg3d = isinstance(decoder, TriplaneDecoder)
+    if eg3d:
+        w1, b1, w2, b2 = (t.detach().float() for t in decoder_weights(decoder))
+    lattices = []  # per plane: [R, R, K] indexed [index along its first axis, index along its second]
+    for p, (a, b) in enumerate(pairs):
+        ia, ib = torch.meshgrid(torch.arange(R, device=coords.device), torch.arange(R, device=coords.device),
+                                indexing="ij")
+        ia, ib = ia.reshape(-1), ib.reshape(-1)
+        rows = []
+        for s in range(0, R * R, chunk):
+            pts = torch.zeros(min(chunk, R * R - s), 3, device=coords.device, dtype=coords.dtype)
+            pts[:, a], pts[:, b] = coords[ia[s:s + chunk]], coords[ib[s:s + chunk]]
+            g = triplane_sample(planes, pts[None], box_warp=box_warp, axes=axes, reduce="none",
+                                backend=backend)[0, p].float()  # [m, C]
+            rows.append(g @ (w1.T / 3) if eg3d else g / 3)
+        lattice = torch.cat(rows).reshape(R, R, -1)
+        if p == 0 and eg3d:
+            lattice = lattice + b1  # the first layer's bias, once (O(R^2), not per grid point)
+        lattices.append((lattice.transpose(0, 1).contiguous(), b, a) if a > b else (lattice, a, b))
+    # the (0, 1) and (0, 2) planes vary along x; (1, 2) is the same for every x-slab
+    lattices.sort(key=lambda t: (t[1], t[2]))
+
+    def view(lattice, a, b, i0, i1):  # [R_a, R_b, K] (a < b) -> broadcastable to [i1 - i0, R, R, K]
+        if (a, b) == (0, 1):
+            return lattice[i0:i1, :, None]
+        if (a, b) == (0, 2):
+            return lattice[i0:i1, None]
+        return lattice[None]  # (1, 2): the same for every x
+
+    def slabs(i0, i1):
+        first, *rest = (view(*lat, i0, i1) for lat in lattices)
+        total = first + rest[0]  # [i1 - i0, R, R, K]: one allocation, the third plane added in place
+        total += rest[1]
+        if eg3d:
+            return torch.mv(F.softplus(total).reshape(-1, w1.shape[0]), w2[0]).add_(b2[0]).reshape(i1 - i0, R, R)
+        feats = total.expand(i1 - i0, R, R, C).reshape(1, -1, C)
+        return decoder(feats.to(planes.dtype if planes.dtype in (torch.float32, torch.float64) else torch.float32)
+                       )[0].float().reshape(i1 - i0, R, R)
+    return slabs
+
+
+METHODS = ("lattice", "pointwise")
 
 
 @torch.no_grad()
 def density_grid(planes: Tensor, decoder, resolution: int, *, box_warp: float = 1.0, axes=PLANE_AXES_GOHA,
                  chunk: int = DEFAULT_CHUNK, backend: str | None = None, max_bytes: int | None = None,
-                 pad: float | None = None, progress: bool = False) -> np.ndarray:
+                 pad: float | None = None, method: str = "lattice", progress: bool = False) -> np.ndarray:
     """The decoder's raw density σ on a resolution^3 grid over the tri-plane box.
 
     Args:
@@ -129,11 +200,14 @@ def density_grid(planes: Tensor, decoder, resolution: int, *, box_warp: float = 
         resolution: grid points per axis (>= 2); checked against `max_bytes` (default: the memory available)
             before anything is allocated (:class:`GridTooLargeError`).
         box_warp, axes: the tri-planes' box side and plane axes (as the renderer's).
-        chunk: points per pass (bounds the temporaries).
+        chunk: grid points per pass (bounds the temporaries; whole x-slabs of R^2 points at a time at least).
         backend: backend of ``triplane_sample`` (None: the fastest available).
         pad: when set, the grid comes back with a one-voxel border of this value on every side
             ([resolution + 2]^3): a value below the iso level closes surfaces cut by the box.
-        progress: a tqdm bar over the chunks (on stderr).
+        method: "lattice" (each plane sampled at the R^2 lattice points once and broadcast, the decoder's first
+            layer applied per plane: O(R^2) lookups instead of O(R^3)) or "pointwise" (``triplane_sample`` at
+            every grid point and the decoder: the composed ops, the reference the lattice path is tested against).
+        progress: a tqdm bar over the x-slabs (on stderr).
 
     Returns:
         float32 numpy array [R, R, R] (or [R + 2]^3 with `pad`), index [i, j, k] = point (x_i, y_j, z_k) of
@@ -142,29 +216,25 @@ def density_grid(planes: Tensor, decoder, resolution: int, *, box_warp: float = 
     planes = _check_planes(planes)
     if not (isinstance(chunk, int) and chunk >= 1):
         raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     hidden = decoder.net[0].out_features if hasattr(decoder, "net") else 64
     R = check_resolution(resolution, chunk=chunk, channels=planes.shape[2], hidden=hidden, max_bytes=max_bytes)
-    density = _density_fn(planes, decoder, box_warp, axes, backend)
     p = 1 if pad is not None else 0
     out = np.full((R + 2 * p,) * 3, np.float32(pad if pad is not None else 0), dtype=np.float32)
     inner = out[p:R + p, p:R + p, p:R + p] if p else out
     coords = grid_points(R, box_warp).to(planes.device, torch.float32)
-    # chunks of whole x-slabs when a slab fits, else of rows inside a slab: (i, j-range) at a time
-    rows_per_chunk = max(1, chunk // R)
-    total = R * R
+    slabs = (_factorized(planes, decoder, coords, box_warp, axes, backend, chunk) if method == "lattice"
+             else _pointwise(planes, decoder, coords, box_warp, axes, backend))
+    step = max(1, chunk // (R * R))  # x-slabs per pass
     from tqdm import tqdm
 
-    with tqdm(total=total * R, desc="density grid", unit="pt", unit_scale=True, disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
-        for start in range(0, total, rows_per_chunk):
-            stop = min(total, start + rows_per_chunk)
-            ij = torch.arange(start, stop, device=planes.device)
-            i, j = ij // R, ij % R
-            pts = torch.stack([coords[i][:, None].expand(-1, R), coords[j][:, None].expand(-1, R),
-                               coords[None, :].expand(len(ij), R)], -1).reshape(1, -1, 3)
-            sigma = density(pts).float().reshape(len(ij), R).cpu().numpy()
-            inner[i.cpu().numpy(), j.cpu().numpy()] = sigma  # (inner is a view: index, never reshape)
-            bar.update(len(ij) * R)
+    with tqdm(total=R, desc="density grid", unit="slab", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        for i0 in range(0, R, step):
+            i1 = min(R, i0 + step)
+            inner[i0:i1] = slabs(i0, i1).cpu().numpy()
+            bar.update(i1 - i0)
     return out
 
 
