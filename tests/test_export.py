@@ -16,6 +16,7 @@ trimesh = pytest.importorskip("trimesh", reason="mesh export needs the export ex
 
 from conftest import assert_close  # noqa: E402
 from oneshot.export import (AvatarMesh, GridTooLargeError, NoSurfaceError, density_grid, extract_mesh,  # noqa: E402
+                            extract_meshes,
                             grid_points, load_mesh, read_metadata, remove_small_pieces, sample_colors,
                             save_mesh)
 from oneshot.models import TriplaneDecoder  # noqa: E402
@@ -87,6 +88,38 @@ def test_sphere_density_exports_a_sphere_of_the_right_radius(resolution, radius,
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     assert ((n * (tri.mean(1) - centre)).sum(1) > 0).all()
     assert tm.volume == pytest.approx(4 / 3 * math.pi * radius ** 3, rel=3 * voxel / radius)
+
+
+def test_several_levels_from_one_grid():
+    """Level L' of the sphere field is the sphere where softplus(s r^2 / 3) = (c - L') / k; a level above the
+    field's maximum has no surface."""
+    level, radius, s, k = 10.0, 0.2, 30.0, 30.0
+    dec = sphere_decoder(radius, level, s=s, k=k)
+    c = level + k * math.log1p(math.exp(s * radius ** 2 / 3))
+    other = 5.0
+    r_other = math.sqrt(3 / s * math.log(math.expm1((c - other) / k)))
+    meshes = extract_meshes(sphere_planes(), dec, [level, other, 1e4], resolution=33, colors=False)
+    assert meshes[2] is None
+    for mesh, r in zip(meshes[:2], (radius, r_other)):
+        d = np.linalg.norm(mesh.vertices, axis=1)
+        assert np.abs(d - r).max() < 1 / 32, (r, d.min(), d.max())
+    single = extract_mesh(sphere_planes(), dec, resolution=33, level=other, colors=False)
+    assert np.array_equal(single.vertices, meshes[1].vertices) and np.array_equal(single.faces, meshes[1].faces)
+    with pytest.raises(NoSurfaceError):
+        extract_meshes(sphere_planes(), dec, [1e4], resolution=9, missing="raise")
+
+
+def test_a_surface_cut_by_the_box_is_closed_on_its_faces():
+    dec = sphere_decoder(0.6, 10.0)  # a sphere larger than the box: its faces' centres are inside
+    with torch.no_grad():
+        dec.net[2].weight[0, 1] = 0  # no emptying of the box's outer half pixel
+    mesh = extract_mesh(sphere_planes(), dec, resolution=17, level=10.0, colors=False)
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    assert tm.is_watertight and tm.volume > 0
+    outer = np.abs(mesh.vertices).max(1)
+    # the caps lie on the box's faces (to float32's rounding of marching cubes' interpolation: 1e-4 voxels)
+    assert outer.max() <= 0.5 + 1e-4 / 16
+    assert (np.abs(outer - 0.5) < 1e-4 / 16).sum() > 0.1 * len(outer)
 
 
 def test_constant_colour_field_comes_back():

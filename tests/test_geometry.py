@@ -184,7 +184,8 @@ def test_face_region_faces_are_the_models_face():
 # -- the protocol end to end ---------------------------------------------------------------------------------------
 
 def test_geometry_protocol_on_the_tiny_preset(synth):
-    from oneshot.export import density_grid
+    from oneshot.eval.protocol import deterministic_renders
+    from oneshot.export import density_grid, export_avatar
     from oneshot.models import OneShotAvatar
     from oneshot.train.data import collate_pairs
 
@@ -194,33 +195,41 @@ def test_geometry_protocol_on_the_tiny_preset(synth):
     sources = geometry_sources(ds)
     assert sources == [ds.identities[i][0] for i in sorted(ds.identities)]
     assert geometry_sources(ds, limit=1) == sources[:1]
-    # random weights: no surface at EG3D's level 10 -> NaN, counted; the baseline is scored regardless
-    rows = run_geometry(model, ds, sources[:1], resolution=12, samples=500)
-    assert not rows[0]["surface"] and all(math.isnan(rows[0][m]) for m in GEOMETRY_METRICS)
-    assert 0 < rows[0]["baseline_chamfer"] < 50 and 0 < rows[0]["baseline_normal_consistency"] <= 1
-    # a level inside the random density's range: a surface, scored
     b = collate_pairs(ds, [(sources[0], sources[0])], face)
     with torch.no_grad():
         avatar = model.reconstruct(b["source_image"], b["source_camera"], b["source_coeffs"], seed=0)
         level = float(np.quantile(density_grid(model.planes(avatar, b["source_coeffs"]), model.decoder, 12), 0.7))
-    seen = []
-    rows = run_geometry(model, ds, resolution=12, level=level, samples=500, on_row=seen.append)
-    assert len(rows) == len(sources) == 2 and seen == rows
+    # random weights: no surface at EG3D's level 10 -> NaN, counted; a level inside their range: a surface, scored;
+    # the baseline is scored regardless
+    seen, meshes = [], []
+    rows = run_geometry(model, ds, resolution=12, level=[10.0, level], samples=500, on_row=seen.append,
+                        on_mesh=lambda row, mesh: meshes.append((row["source"], mesh)))
+    assert seen == rows and len(rows) == 2 * len(sources) == 4
+    assert [r["level"] for r in rows] == [10.0, level] * 2
     for r in rows:
-        assert r["surface"] and r["faces"] > 0
-        assert all(np.isfinite(r[m]) for m in GEOMETRY_METRICS), r
-        assert {r["source"], r["identity"]} <= {s["id"] for s in ds.samples} | set(ds.identities)
+        assert r["source"] in {s["id"] for s in ds.samples} and r["identity"] in ds.identities
+        assert 0 < r["baseline_chamfer"] < 50 and 0 < r["baseline_normal_consistency"] <= 1
+        if r["level"] == 10.0:
+            assert not r["surface"] and r["faces"] == 0 and all(math.isnan(r[m]) for m in GEOMETRY_METRICS)
+        else:
+            assert r["surface"] and r["faces"] > 0 and all(np.isfinite(r[m]) for m in GEOMETRY_METRICS), r
+    # the scored mesh is the export's: the same as export_avatar with the source's expression (renders evenly spaced)
+    with torch.no_grad(), deterministic_renders(model):
+        even = model.reconstruct(b["source_image"], b["source_camera"], b["source_coeffs"], seed=0)
+    first = export_avatar(model, even, coeffs=b["source_coeffs"], resolution=12, level=level)
+    assert meshes[0][0] == rows[0]["source"] and np.array_equal(meshes[0][1].vertices, first.vertices)
     summary = aggregate_geometry(rows)
-    assert summary["sources"] == 2 and summary["no_surface"] == 0
-    assert summary["avatar"]["chamfer"]["mean"] == pytest.approx(np.mean([r["chamfer"] for r in rows]))
+    k = f"{level:g}"
+    assert summary["sources"] == 2 and summary["levels"] == ["10", k]
+    assert summary["no_surface"] == {"10": 2, k: 0} and summary["avatar"]["10"]["chamfer"]["n"] == 0
+    assert summary["avatar"][k]["chamfer"]["mean"] == pytest.approx(np.mean([r["chamfer"] for r in rows[1::2]]))
+    assert summary["baseline"]["chamfer"]["n"] == 2
     # a random blob is farther from the truth than the mean face
-    assert summary["avatar"]["chamfer"]["mean"] > summary["baseline"]["chamfer"]["mean"]
+    assert summary["avatar"][k]["chamfer"]["mean"] > summary["baseline"]["chamfer"]["mean"]
     table = geometry_table(summary)
-    assert "mean face (baseline)" in table and "Chamfer mm" in table
+    assert "mean face (baseline)" in table and "| avatar, level 10 | n/a" in table and "0 of 2" in table
+    assert "level 10: no surface for 2 of 2 sources" in table
     json.dumps(summary)
-    nan_summary = aggregate_geometry([{**rows[0], "surface": False, **{m: math.nan for m in GEOMETRY_METRICS}}])
-    assert nan_summary["no_surface"] == 1 and nan_summary["avatar"]["chamfer"]["n"] == 0
-    assert "no surface at the iso level for 1 of 1" in geometry_table(nan_summary)
 
 
 def test_the_mean_face_baseline_is_exact_for_a_mean_face():
@@ -274,8 +283,9 @@ def test_geometry_command_writes_reports_and_resumes(synth, tmp_path):
     assert _evaluate(*args, "--save-meshes") == 0
     ev = tmp_path / "ev"
     summary = json.loads((ev / "metrics.json").read_text())
-    assert summary["protocol"] == "geometry" and summary["sources"] == 2 and summary["no_surface"] == 0
-    assert np.isfinite(summary["avatar"]["chamfer"]["mean"]) and np.isfinite(summary["baseline"]["chamfer"]["mean"])
+    k = f"{level:g}"
+    assert summary["protocol"] == "geometry" and summary["sources"] == 2 and summary["no_surface"] == {k: 0}
+    assert np.isfinite(summary["avatar"][k]["chamfer"]["mean"]) and np.isfinite(summary["baseline"]["chamfer"]["mean"])
     assert "mean face (baseline)" in (ev / "table.md").read_text()
     assert len((ev / "samples.csv").read_text().splitlines()) == 3
     rows = [json.loads(x) for x in (ev / "samples.jsonl").read_text().splitlines()]
@@ -288,7 +298,19 @@ def test_geometry_command_writes_reports_and_resumes(synth, tmp_path):
     again = [json.loads(x) for x in (ev / "samples.jsonl").read_text().splitlines()]
     assert [r["source"] for r in again] == [r["source"] for r in rows]
     assert again[1]["chamfer"] == pytest.approx(rows[1]["chamfer"])  # the same result, computed once more
+    # two levels from one grid per source; a source cut off after its first level is scored again on --resume
+    args2 = [x if x != ev else tmp_path / "ev2" for x in args] + ["--level", level, 10]
+    args2.remove("--level")
+    args2.remove(level)
+    assert _evaluate(*args2) == 0
+    two = [json.loads(x) for x in (tmp_path / "ev2" / "samples.jsonl").read_text().splitlines()]
+    assert [r["level"] for r in two] == [level, 10.0] * 2
+    (tmp_path / "ev2" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in two[:3]))
+    assert _evaluate(*args2, "--resume") == 0
+    again2 = [json.loads(x) for x in (tmp_path / "ev2" / "samples.jsonl").read_text().splitlines()]
+    assert [(r["source"], r["level"]) for r in again2] == [(r["source"], r["level"]) for r in two]
+    assert "| avatar, level 10 | n/a" in (tmp_path / "ev2" / "table.md").read_text()
     with pytest.raises(ValueError, match=r"other arguments \(level differ\)"):
         _evaluate(*[x if x != level else level + 1 for x in args], "--resume")
     with pytest.raises(ValueError, match="needs one dataset directory"):
-        _evaluate(*[x if x != synth["root"] / "ds" else tmp_path for x in args], "--out", tmp_path / "ev2")
+        _evaluate(*[x if x != synth["root"] / "ds" else tmp_path for x in args], "--out", tmp_path / "ev3")

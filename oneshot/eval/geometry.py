@@ -167,18 +167,14 @@ def geometry_sources(ds, *, limit: int | None = None) -> list[int]:
     return out[:limit] if limit is not None else out
 
 
-def _score_row(pred, true_v, faces, region, samples, seed) -> dict:
-    if pred is None:
-        return {m: math.nan for m in GEOMETRY_METRICS}
-    r = compare_surfaces(pred.vertices, pred.faces, true_v, faces, region, samples=samples, seed=seed)
-    return {m: r[m] for m in GEOMETRY_METRICS}
+def _level_key(level: float) -> str:
+    return f"{float(level):g}"
 
 
 @torch.no_grad()
 def run_geometry(model, ds, sources: list[int] | None = None, *, resolution: int = DEFAULT_GEOMETRY_RESOLUTION,
-                 level: float | None = None, samples: int = DEFAULT_SAMPLES, seed: int = 0, device=None,
-                 progress: bool = False, on_row: Callable | None = None,
-                 on_mesh: Callable | None = None) -> list[dict]:
+                 level=None, samples: int = DEFAULT_SAMPLES, seed: int = 0, device=None, progress: bool = False,
+                 on_row: Callable | None = None, on_mesh: Callable | None = None) -> list[dict]:
     """Score the avatar's geometry on the sources (default :func:`geometry_sources`) of a dataset whose samples
     carry their exact morphable-model coefficients (synthetic data); see the module's text.
 
@@ -186,31 +182,34 @@ def run_geometry(model, ds, sources: list[int] | None = None, *, resolution: int
         model: an :class:`~oneshot.models.OneShotAvatar` built for the dataset's morphable model.
         ds: a :class:`~oneshot.data.FaceDataset`.
         sources: sample indices to score.
-        resolution, level: the exports' grid and iso level (:func:`oneshot.export.extract_mesh`; level None: its
-            default).
-        samples, seed: surface points per mesh and their seed (:func:`compare_surfaces`).
+        resolution: the exports' grid points per axis.
+        level: the iso level, or a sequence of levels scored from one density grid per source (None:
+            :data:`oneshot.export.DEFAULT_LEVEL`).
+        samples, seed: query points per surface and their seed (:func:`compare_surfaces`).
         on_row: called with each finished row (e.g. to append it to a file: nothing finished is lost).
         on_mesh: called as ``on_mesh(row, mesh)`` with each exported :class:`~oneshot.export.AvatarMesh` (not
-            for sources without a surface), before `on_row`.
+            where there is no surface), before `on_row`.
 
     Returns:
-        one dict per source: ``source``, ``identity``, the avatar's ``chamfer``, ``accuracy``, ``completeness`` (mm)
-        and ``normal_consistency``, the same for the mean-face baseline as ``baseline_<metric>``, and
-        ``surface`` (False when the avatar's density never reaches the level: its metrics are NaN).
+        one dict per source and level (a source's rows together, levels in the given order): ``source``,
+        ``identity``, ``level``, the avatar's ``chamfer``, ``accuracy``, ``completeness`` (mm) and
+        ``normal_consistency``, the same for the mean-face baseline as ``baseline_<metric>``, ``surface`` (False
+        when the density never reaches the level: the avatar's metrics are NaN) and ``faces``.
     """
     from tqdm import tqdm
 
-    from ..export import DEFAULT_LEVEL, NoSurfaceError, export_avatar
+    from ..export import DEFAULT_LEVEL, extract_meshes
     from ..train.data import collate_pairs
     from .protocol import deterministic_renders
 
-    level = DEFAULT_LEVEL if level is None else level
+    levels = [DEFAULT_LEVEL] if level is None else ([level] if np.ndim(level) == 0 else list(level))
     sources = geometry_sources(ds) if sources is None else list(sources)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     face = model.face_model
     faces = face.faces.cpu().numpy()
     region = face_region_faces(face)
     mean = face.mean.detach().double().cpu().numpy()
+    s_ = model.renderer.settings
     model.eval()
     rows = []
     bar = tqdm(total=len(sources), desc="evaluate geometry", unit="source", disable=not progress, dynamic_ncols=True)
@@ -218,53 +217,71 @@ def run_geometry(model, ds, sources: list[int] | None = None, *, resolution: int
         for s in sources:
             b = collate_pairs(ds, [(s, s)], face, device=device)
             avatar = model.reconstruct(b["source_image"], b["source_camera"], b["source_coeffs"], seed=seed)
-            try:
-                pred = export_avatar(model, avatar, coeffs=b["source_coeffs"], resolution=resolution, level=level,
-                                     seed=seed)
-            except NoSurfaceError:
-                pred = None
+            planes = model.planes(avatar, b["source_coeffs"], seed=seed)  # the source's own expression
+            meshes = extract_meshes(planes, model.decoder, levels, resolution=resolution, box_warp=s_.box_warp,
+                                    axes=s_.axes, colors=on_mesh is not None, backend=model.renderer.backend)
             truth = true_mesh(face, b["source_coeffs"])
-            row = {"source": ds.samples[s]["id"], "identity": ds.samples[s]["identity"], "surface": pred is not None,
-                   "faces": 0 if pred is None else pred.num_faces}
-            row.update(_score_row(pred, truth, faces, region, samples, seed))
             base = compare_surfaces(mean, faces, truth, faces, region, samples=samples, seed=seed)
-            row.update({f"baseline_{m}": base[m] for m in GEOMETRY_METRICS})
-            rows.append(row)
-            if on_mesh is not None and pred is not None:
-                on_mesh(row, pred)
-            if on_row is not None:
-                on_row(row)
+            for lv, pred in zip(levels, meshes):
+                row = {"source": ds.samples[s]["id"], "identity": ds.samples[s]["identity"], "level": lv,
+                       "surface": pred is not None, "faces": 0 if pred is None else pred.num_faces}
+                if pred is None:
+                    row.update({m: math.nan for m in GEOMETRY_METRICS})
+                else:
+                    r = compare_surfaces(pred.vertices, pred.faces, truth, faces, region, samples=samples, seed=seed)
+                    row.update({m: r[m] for m in GEOMETRY_METRICS})
+                row.update({f"baseline_{m}": base[m] for m in GEOMETRY_METRICS})
+                rows.append(row)
+                if on_mesh is not None and pred is not None:
+                    on_mesh(row, pred)
+                if on_row is not None:
+                    on_row(row)
             bar.update(1)
     bar.close()
     return rows
 
 
+def _means(rows, prefix: str) -> dict:
+    res = {}
+    for m in GEOMETRY_METRICS:
+        vals = np.array([r[prefix + m] for r in rows], dtype=np.float64)
+        ok = vals[np.isfinite(vals)]
+        res[m] = {"mean": float(ok.mean()) if ok.size else math.nan, "n": int(ok.size)}
+    return res
+
+
 def aggregate_geometry(rows: list[dict]) -> dict:
-    """{"avatar": {metric: {"mean", "n"}}, "baseline": {...}, "sources", "no_surface"} over the rows (NaN rows,
-    sources without a surface, left out of the avatar's means and counted)."""
-    out = {"sources": len(rows), "no_surface": sum(1 for r in rows if not r.get("surface", True))}
-    for who, prefix in (("avatar", ""), ("baseline", "baseline_")):
-        res = {}
-        for m in GEOMETRY_METRICS:
-            vals = np.array([r[prefix + m] for r in rows], dtype=np.float64)
-            ok = vals[np.isfinite(vals)]
-            res[m] = {"mean": float(ok.mean()) if ok.size else math.nan, "n": int(ok.size)}
-        out[who] = res
-    return out
+    """The means over the rows of :func:`run_geometry`: ``{"sources", "levels", "avatar": {level: {metric:
+    {"mean", "n"}}}, "no_surface": {level: count}, "baseline": {metric: {"mean", "n"}}}`` (levels as strings;
+    sources without a surface at a level are left out of its means and counted)."""
+    levels = list(dict.fromkeys(_level_key(r["level"]) for r in rows))
+    by = {k: [r for r in rows if _level_key(r["level"]) == k] for k in levels}
+    first = {}
+    for r in rows:  # the baseline: one per source
+        first.setdefault(r["source"], r)
+    return {"sources": len(first), "levels": levels,
+            "avatar": {k: _means(v, "") for k, v in by.items()},
+            "no_surface": {k: sum(1 for r in v if not r["surface"]) for k, v in by.items()},
+            "baseline": _means(list(first.values()), "baseline_")}
+
+
+def _fmt(m: str, v: float) -> str:
+    return "n/a" if not math.isfinite(v) else (f"{v:.3f}" if m == "normal_consistency" else f"{v:.2f}")
 
 
 def geometry_table(summary: dict, title: str = "geometry") -> str:
-    """The aggregate as a markdown table: one row for the avatar, one for the mean-face baseline."""
-    head = "| | " + " | ".join(GEOMETRY_NAMES[m] for m in GEOMETRY_METRICS) + " |"
-    lines = [f"**{title}** ({summary['sources']} sources; face region; mm of the morphable model's scale)", "",
-             head, "|---|" + "---:|" * len(GEOMETRY_METRICS)]
-    for who, name in (("avatar", "avatar"), ("baseline", "mean face (baseline)")):
-        vals = []
-        for m in GEOMETRY_METRICS:
-            v = summary[who][m]["mean"]
-            vals.append("n/a" if not math.isfinite(v) else (f"{v:.3f}" if m == "normal_consistency" else f"{v:.2f}"))
-        lines.append(f"| {name} | " + " | ".join(vals) + " |")
-    if summary["no_surface"]:
-        lines += ["", f"- no surface at the iso level for {summary['no_surface']} of {summary['sources']} sources "
-                      f"(left out of the avatar's means)"]
+    """The aggregate as a markdown table: a row per iso level for the avatar, one for the mean-face baseline."""
+    head = "| | " + " | ".join(GEOMETRY_NAMES[m] for m in GEOMETRY_METRICS) + " | sources with a surface |"
+    n = summary["sources"]
+    lines = [f"**{title}** ({n} sources; face region; mm of the morphable model's scale)", "",
+             head, "|---|" + "---:|" * (len(GEOMETRY_METRICS) + 1)]
+    for k in summary["levels"]:
+        vals = [_fmt(m, summary["avatar"][k][m]["mean"]) for m in GEOMETRY_METRICS]
+        lines.append(f"| avatar, level {k} | " + " | ".join(vals) + f" | {n - summary['no_surface'][k]} of {n} |")
+    vals = [_fmt(m, summary["baseline"][m]["mean"]) for m in GEOMETRY_METRICS]
+    lines.append("| mean face (baseline) | " + " | ".join(vals) + f" | {n} of {n} |")
+    missing = [k for k in summary["levels"] if summary["no_surface"][k]]
+    if missing:
+        lines += [""] + [f"- level {k}: no surface for {summary['no_surface'][k]} of {n} sources (left out of its "
+                         f"means)" for k in missing]
     return "\n".join(lines) + "\n"

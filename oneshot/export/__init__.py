@@ -15,11 +15,12 @@ from .files import FORMATS, MM_PER_WORLD_UNIT, WORLD_FRAME, load_mesh, read_meta
 from .grid import (DEFAULT_CHUNK, GridTooLargeError, available_memory, density_grid, grid_bytes, grid_points,
                    sample_colors)
 from .mesh import (DEFAULT_LEVEL, DEFAULT_MIN_PIECE, AvatarMesh, ExportUnavailableError, NoSurfaceError, extract_mesh,
-                   iso_surface, remove_small_pieces)
+                   extract_meshes, iso_surface, remove_small_pieces)
 from .preview import render_mesh
 from .sequence import MeshSequence, export_sequence
 
-__all__ = ["export_avatar", "head_pose", "neutral_expression", "extract_mesh", "iso_surface", "remove_small_pieces",
+__all__ = ["export_avatar", "head_pose", "neutral_expression", "extract_mesh", "extract_meshes", "iso_surface",
+           "remove_small_pieces",
            "density_grid", "sample_colors", "grid_points", "grid_bytes", "available_memory", "save_mesh",
            "load_mesh", "read_metadata", "AvatarMesh", "MeshSequence", "export_sequence", "GridTooLargeError",
            "NoSurfaceError", "ExportUnavailableError", "DEFAULT_LEVEL", "DEFAULT_MIN_PIECE", "DEFAULT_CHUNK",

@@ -8,7 +8,7 @@
                    [--frames-landmarks FILE] [--no-smooth] [--no-pose] [--resume] [--fps F] ...
 
     oneshot evaluate --protocol geometry --checkpoint CKPT --data SYNTH_DIR --out DIR [--resolution 128]
-                     [--level 10] [--samples 20000] [--save-meshes] [--limit N] [--seed 0] [--resume] ...
+                     [--level 10 [4 2 ...]] [--samples 20000] [--save-meshes] [--limit N] [--seed 0] [--resume] ...
 
 The command layer only: the work is :mod:`oneshot.export` and :mod:`oneshot.eval.geometry` (and, for the portrait,
 the helpers ``reconstruct`` and ``animate`` use). ``add_parser(subparsers)`` registers ``export``; ``run(args)``
@@ -239,8 +239,9 @@ def add_geometry_options(p) -> None:
     g = p.add_argument_group("geometry protocol (synthetic data: the exact morphable-model mesh of every sample)")
     g.add_argument("--resolution", type=int, default=DEFAULT_GEOMETRY_RESOLUTION,
                    help=f"export grid points per axis (default {DEFAULT_GEOMETRY_RESOLUTION}: a 2.9 mm voxel)")
-    g.add_argument("--level", type=float, default=DEFAULT_LEVEL,
-                   help=f"iso level on the decoder's raw density (default {DEFAULT_LEVEL:g})")
+    g.add_argument("--level", type=float, nargs="+", default=[DEFAULT_LEVEL], metavar="LEVEL",
+                   help=f"iso level(s) on the decoder's raw density, each scored from one grid per source (default "
+                        f"{DEFAULT_LEVEL:g})")
     g.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                    help=f"query points per surface (default {DEFAULT_SAMPLES})")
     g.add_argument("--save-meshes", action="store_true", help="also write each source's mesh as OUT/meshes/ID.ply")
@@ -267,6 +268,7 @@ def evaluate_geometry(a) -> int:
                          f"coefficients of its samples (oneshot data synth), got {' '.join(map(str, data))}")
     if not Path(a.checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint: no such file: {a.checkpoint}")
+    levels = a.level if isinstance(a.level, (list, tuple)) else [a.level]
     if a.resolution < 2 or a.samples < 1:
         raise ValueError(f"--resolution must be >= 2 and --samples >= 1, got {a.resolution} and {a.samples}")
     try:
@@ -277,8 +279,8 @@ def evaluate_geometry(a) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {k: getattr(a, k, None) for k in _GEOMETRY_KEYS}
-    record.update(protocol="geometry", checkpoint=str(Path(a.checkpoint).resolve()), data=str(Path(data[0]).resolve()),
-                  face_model=None if a.face_model is None else str(Path(a.face_model).resolve()))
+    record.update(level=[float(x) for x in levels], protocol="geometry", checkpoint=str(Path(a.checkpoint).resolve()),
+                  data=str(Path(data[0]).resolve()), face_model=None if a.face_model is None else str(Path(a.face_model).resolve()))
     rec_path, rows_path = out / "run.json", out / "samples.jsonl"
     done = []
     if a.resume and rec_path.is_file():
@@ -289,6 +291,11 @@ def evaluate_geometry(a) -> int:
                              f"another --out or the same arguments")
         if rows_path.is_file():
             done = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+            count = {}
+            for r in done:
+                count[r["source"]] = count.get(r["source"], 0) + 1
+            done = [r for r in done if count[r["source"]] == len(levels)]  # a source cut off mid-way: again
+            rows_path.write_text("".join(json.dumps(r) + "\n" for r in done))
     elif rows_path.exists() and not a.resume:
         raise FileExistsError(f"{out} holds an earlier evaluation (samples.jsonl): pass --resume to continue it, or "
                               f"choose another --out")
@@ -303,7 +310,7 @@ def evaluate_geometry(a) -> int:
     finished = {r["source"] for r in done}
     todo = [s for s in sources if ds.samples[s]["id"] not in finished]
     if done:
-        _info(a, f"resuming after {len(done)} of {len(sources)} sources")
+        _info(a, f"resuming after {len(finished)} of {len(sources)} sources")
 
     def append(row):
         with open(rows_path, "a") as f:
@@ -312,21 +319,22 @@ def evaluate_geometry(a) -> int:
             os.fsync(f.fileno())
 
     def keep_mesh(row, mesh):
-        save_mesh(mesh, out / "meshes" / f"{row['source']}.ply", {"source": row["source"]})
+        name = row["source"] + (f"_level{row['level']:g}" if len(levels) > 1 else "")
+        save_mesh(mesh, out / "meshes" / f"{name}.ply", {"source": row["source"]})
 
-    rows = done + run_geometry(model, ds, todo, resolution=a.resolution, level=a.level, samples=a.samples,
+    rows = done + run_geometry(model, ds, todo, resolution=a.resolution, level=levels, samples=a.samples,
                                seed=a.seed, device=device, progress=not a.quiet, on_row=append,
                                on_mesh=keep_mesh if a.save_meshes else None)
     summary = {"format": "oneshot-eval", "protocol": "geometry", "checkpoint": str(a.checkpoint), "data": str(data[0]),
                **aggregate_geometry(rows),
-               "settings": {"resolution": a.resolution, "level": a.level, "samples": a.samples, "seed": a.seed,
+               "settings": {"resolution": a.resolution, "levels": levels, "samples": a.samples, "seed": a.seed,
                             "units": "mm of the morphable model's metric scale (370.4 mm per world unit)",
                             "region": "the morphable model's face region",
                             "baseline": "the morphable model's mean face at the sample's pose"}}
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     table = geometry_table(summary, f"geometry on {data[0]}")
     (out / "table.md").write_text(table)
-    cols = (["source", "identity", "surface", "faces"] + list(GEOMETRY_METRICS)
+    cols = (["source", "identity", "level", "surface", "faces"] + list(GEOMETRY_METRICS)
             + [f"baseline_{m}" for m in GEOMETRY_METRICS])
     with open(out / "samples.csv.tmp", "w", newline="") as f:
         w = csv.writer(f)
@@ -335,5 +343,5 @@ def evaluate_geometry(a) -> int:
             w.writerow([r[c] for c in cols])
     os.replace(out / "samples.csv.tmp", out / "samples.csv")
     _info(a, table.rstrip())
-    print(f"wrote {out / 'metrics.json'}, table.md, samples.csv ({len(rows)} sources)")
+    print(f"wrote {out / 'metrics.json'}, table.md, samples.csv ({len(sources)} sources, {len(levels)} levels)")
     return 0

@@ -18,7 +18,7 @@ from ..ops import PLANE_AXES_GOHA
 from .grid import DEFAULT_CHUNK, density_grid, finite_or_raise, sample_colors, voxel_size
 
 __all__ = ["AvatarMesh", "ExportUnavailableError", "NoSurfaceError", "DEFAULT_LEVEL", "DEFAULT_MIN_PIECE",
-           "extract_mesh", "iso_surface", "remove_small_pieces", "require"]
+           "extract_mesh", "extract_meshes", "iso_surface", "remove_small_pieces", "require"]
 
 #: The iso level on the decoder's raw σ: EG3D's and Portrait4D's shape extraction (``level=10``). The renderer's
 #: density there is softplus(10 - 1) = 9 per world unit: a ray loses half its light within 0.08 of the surface.
@@ -176,23 +176,60 @@ def extract_mesh(planes: Tensor, decoder, *, resolution: int = 256, level: float
         `level`), :class:`~oneshot.export.grid.GridTooLargeError` (before allocating), ValueError for bad
         arguments, :class:`ExportUnavailableError` without the ``export`` extra.
     """
+    return extract_meshes(planes, decoder, [level], resolution=resolution, box_warp=box_warp, axes=axes,
+                          min_piece=min_piece, colors=colors, chunk=chunk, backend=backend, max_bytes=max_bytes,
+                          progress=progress, missing="raise")[0]
+
+
+@torch.no_grad()
+def extract_meshes(planes: Tensor, decoder, levels, *, resolution: int = 256, box_warp: float = 1.0,
+                   axes=PLANE_AXES_GOHA, min_piece: float = DEFAULT_MIN_PIECE, colors: bool = True,
+                   chunk: int = DEFAULT_CHUNK, backend: str | None = None, max_bytes: int | None = None,
+                   progress: bool = False, missing: str = "none") -> list[AvatarMesh | None]:
+    """:func:`extract_mesh` at several iso levels from one density grid (sampled once).
+
+    Args:
+        levels: a sequence of finite iso levels.
+        missing: what a level without a surface gives: "none" (None in its place) or "raise"
+            (:class:`NoSurfaceError`).
+        the others: as :func:`extract_mesh`.
+
+    Returns:
+        one :class:`AvatarMesh` (or None) per level, in order.
+    """
     require("skimage.measure", "trimesh")  # before the (long) sampling
-    level = float(level)
-    if not np.isfinite(level):
-        raise ValueError(f"level must be a finite number, got {level}")
+    try:
+        levels = [float(x) for x in levels]
+    except (TypeError, ValueError):
+        raise ValueError(f"levels must be a sequence of numbers, got {levels!r}") from None
+    if not levels or not all(np.isfinite(levels)):
+        bad = levels[0] if len(levels) == 1 else levels
+        raise ValueError(f"level must be a finite number, got {bad}")
     if not (0.0 <= float(min_piece) <= 1.0):
         raise ValueError(f"min_piece must be in [0, 1] (a fraction of the largest piece's faces), got {min_piece}")
-    below = np.float32(level - max(1.0, abs(level)))  # the border: outside, so cut surfaces close at the box
+    if missing not in ("none", "raise"):
+        raise ValueError(f"missing must be 'none' or 'raise', got {missing!r}")
+    # the border: far below every level, so a surface cut by the box is closed by a cap on the box's face (marching
+    # cubes puts the cap's vertices on the face, to float32 rounding: within 1e-4 voxels)
+    below = np.float32(min(levels) - 1e6)
     grid = density_grid(planes, decoder, resolution, box_warp=box_warp, axes=axes, chunk=chunk, backend=backend,
                         max_bytes=max_bytes, pad=float(below), progress=progress)
-    verts, faces = iso_surface(grid, level, box_warp=box_warp, resolution=resolution, padded=True)
-    del grid
-    verts, faces, _ = remove_small_pieces(verts, faces, min_piece)
-    rgb = None
-    if colors and len(verts):
-        c = sample_colors(planes, decoder, torch.from_numpy(verts).to(planes.device), box_warp=box_warp, axes=axes,
-                          chunk=chunk, backend=backend)
-        rgb = (c.cpu().numpy() * 255 + 0.5).astype(np.uint8)
-    meta = {"level": level, "resolution": int(resolution), "voxel": voxel_size(resolution, box_warp),
-            "box_warp": float(box_warp), "min_piece": float(min_piece)}
-    return AvatarMesh(verts, faces, rgb, meta)
+    out = []
+    for level in levels:
+        try:
+            verts, faces = iso_surface(grid, level, box_warp=box_warp, resolution=resolution, padded=True)
+        except NoSurfaceError:
+            if missing == "raise":
+                raise
+            out.append(None)
+            continue
+        verts, faces, _ = remove_small_pieces(verts, faces, min_piece)
+        rgb = None
+        if colors and len(verts):
+            c = sample_colors(planes, decoder, torch.from_numpy(verts).to(planes.device), box_warp=box_warp,
+                              axes=axes, chunk=chunk, backend=backend)
+            rgb = (c.cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        meta = {"level": level, "resolution": int(resolution), "voxel": voxel_size(resolution, box_warp),
+                "box_warp": float(box_warp), "min_piece": float(min_piece)}
+        out.append(AvatarMesh(verts, faces, rgb, meta))
+    return out
