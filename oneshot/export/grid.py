@@ -42,10 +42,11 @@ def grid_points(resolution: int, box_warp: float = 1.0) -> Tensor:
 
 
 def grid_bytes(resolution: int, chunk: int = DEFAULT_CHUNK, channels: int = 32, hidden: int = 64) -> int:
-    """Host memory an export at `resolution` needs at its peak (bytes, an upper estimate): the float32 density
-    grid with its one-voxel empty border, the temporaries of one chunk of points (points, sampled features,
-    hidden units, outputs, in float32) and the surface that marching cubes returns (bounded by 6 R^2 cut cells
-    of a closed surface per unit of box area, 2 triangles and 2 vertices each with normals)."""
+    """Host memory an export at `resolution` needs at its peak (bytes): the float32 density grid with its
+    one-voxel border, the temporaries of one chunk of points (points, sampled features, hidden units, outputs, in
+    float32: an upper estimate for both paths) and an allowance for a head-like surface (6 R^2 cut cells, 2
+    triangles and 2 vertices each). The surface's real size is known only after marching cubes: a noisy field
+    (random weights) cuts far more cells (benchmarks/bench_export.py)."""
     r = int(resolution)
     grid = 4 * (r + 2) ** 3
     per_point = 4 * (3 + 2 * channels + 2 * hidden + 2 * (1 + channels))

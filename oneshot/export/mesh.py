@@ -46,8 +46,8 @@ def require(*modules: str):
             out.append(importlib.import_module(name))
         except ImportError as e:
             dist = {"skimage": "scikit-image"}.get(name.split(".")[0], name.split(".")[0])
-            raise ExportUnavailableError(f"mesh export needs {dist} ({e}): pip install 'oneshot[export]' (scikit-image "
-                                         f"and trimesh)") from None
+            raise ExportUnavailableError(f"mesh export needs {dist} ({e}): pip install 'oneshot[export]' (scikit-image, "
+                                         f"scipy and trimesh)") from None
     return out[0] if len(out) == 1 else out
 
 
@@ -128,8 +128,9 @@ def iso_surface(grid: np.ndarray, level: float, *, box_warp: float = 1.0, resolu
 
 def remove_small_pieces(vertices: np.ndarray, faces: np.ndarray, min_piece: float = DEFAULT_MIN_PIECE
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Drop the connected pieces (triangles sharing edges) with fewer faces than `min_piece` x the largest
-    piece's (0: keep everything; 1: only the largest piece and its equals).
+    """Drop the connected pieces (triangles joined through shared vertices; scipy's connected components of the
+    vertex graph) with fewer faces than `min_piece` x the largest piece's (0: keep everything; 1: only the
+    largest piece and its equals).
 
     Args:
         vertices: [V, 3]; faces: [F, 3] int.
@@ -137,18 +138,21 @@ def remove_small_pieces(vertices: np.ndarray, faces: np.ndarray, min_piece: floa
     Returns:
         (vertices [V', 3], faces [F', 3] reindexed, kept [V] bool: which input vertices remain).
     """
-    trimesh = require("trimesh")
+    sparse, csgraph = require("scipy.sparse", "scipy.sparse.csgraph")
     if not (0.0 <= float(min_piece) <= 1.0):
         raise ValueError(f"min_piece must be in [0, 1] (a fraction of the largest piece's faces), got {min_piece}")
     keep_all = np.ones(len(vertices), dtype=bool)
     if len(faces) == 0 or min_piece == 0:
         return vertices, faces, keep_all
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(faces))
-    sizes = np.bincount(labels)
-    good = sizes >= float(min_piece) * sizes.max()
-    face_keep = good[labels]
-    used = np.zeros(len(vertices), dtype=bool)
+    n = len(vertices)
+    edges = sparse.coo_matrix((np.ones(2 * len(faces), np.int8),
+                               (np.concatenate([faces[:, 0], faces[:, 1]]), np.concatenate([faces[:, 1], faces[:, 2]]))),
+                              shape=(n, n))
+    count, labels = csgraph.connected_components(edges, directed=False)
+    face_label = labels[faces[:, 0]]
+    sizes = np.bincount(face_label, minlength=count)
+    face_keep = (sizes >= float(min_piece) * sizes.max())[face_label]
+    used = np.zeros(n, dtype=bool)
     used[faces[face_keep].reshape(-1)] = True
     new_index = np.cumsum(used) - 1
     return vertices[used], new_index[faces[face_keep]].astype(np.int64), used
@@ -197,7 +201,7 @@ def extract_meshes(planes: Tensor, decoder, levels, *, resolution: int = 256, bo
     Returns:
         one :class:`AvatarMesh` (or None) per level, in order.
     """
-    require("skimage.measure", "trimesh")  # before the (long) sampling
+    require("skimage.measure", "scipy.sparse.csgraph", "trimesh")  # before the (long) sampling
     try:
         levels = [float(x) for x in levels]
     except (TypeError, ValueError):
