@@ -22,6 +22,7 @@ LAYERS = [
     ["oneshot.cameras"],
     ["oneshot.face3d"],
     ["oneshot.models", "oneshot.data", "oneshot.compat"],
+    ["oneshot.export"],
     ["oneshot.train", "oneshot.eval"],
     ["oneshot.cli"],
     ["oneshot.__main__", "oneshot"],

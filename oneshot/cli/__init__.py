@@ -1,7 +1,7 @@
 """The ``oneshot`` command: one module per command family, the shared flags and run bookkeeping in
 :mod:`oneshot.cli._common`. The command layer parses, prints and returns exit codes; everything a library user would
 need lives in the library (:mod:`oneshot.face3d`, :mod:`oneshot.data`, :mod:`oneshot.models`, :mod:`oneshot.train`,
-:mod:`oneshot.eval`).
+:mod:`oneshot.eval`, :mod:`oneshot.export`).
 
     oneshot data synth --out DIR --n N [--model PATH] [--resolution 512] [--seed S] [--per-identity 4]
     oneshot data prepare SRC... --out DIR [--face-model PATH] [--resolution 512] [--frames 8] [--workers N]
@@ -9,7 +9,8 @@ need lives in the library (:mod:`oneshot.face3d`, :mod:`oneshot.data`, :mod:`one
     oneshot train [--config CONFIG.json] --data DIR --out RUN_DIR [--stage 1|2] [--resume] [--steps N]
     oneshot reconstruct --checkpoint CKPT SOURCE.png --out DIR ...
     oneshot animate --checkpoint CKPT SOURCE.png DRIVING --out OUT.mp4 ...
-    oneshot evaluate --checkpoint CKPT --data DIR|VIDEOS... --protocol reconstruction|self|cross --out DIR ...
+    oneshot evaluate --checkpoint CKPT --data DIR|VIDEOS... --protocol reconstruction|self|cross|geometry --out DIR ...
+    oneshot export --checkpoint CKPT PORTRAIT --out head.glb|.ply|.obj [--driver IMAGE | --frames VIDEO] ...
     oneshot demo [--out DIR] [--minutes M]
     oneshot convert-goha GOHA.ckpt OUT.safetensors [--face-model PATH]
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import animate, data, demo, evaluate, infer, train
+from . import animate, data, demo, evaluate, export, infer, train
 from ._common import USER_ERRORS
 
 __all__ = ["main", "build_parser"]
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_parser(sub)
     animate.add_parser(sub)
     evaluate.add_parser(sub)
+    export.add_parser(sub)
     demo.add_parser(sub)
     train.add_convert_parser(sub)
     return p

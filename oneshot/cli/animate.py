@@ -74,22 +74,22 @@ def output_paths(out: Path) -> dict:
             "frames": stem.with_name(stem.name + "_frames")}
 
 
-def driving_landmarks(a, frames):
-    """The driving frames' landmarks [N, K, 2]: from --driving-landmarks, else tracked; smoothed unless
-    --no-smooth."""
+def driving_landmarks(a, frames, landmarks_file=None, flag: str = "--driving-landmarks"):
+    """The driving frames' landmarks [N, K, 2]: from `landmarks_file` (the command's `flag`), else tracked; smoothed
+    unless --no-smooth. Shared with ``export --frames``."""
     from ..face3d import FacesUnavailableError
     from ..face3d.landmarks import load_landmark_frames
     from ..face3d.track import landmark_jitter, smooth_landmarks, track_landmarks
 
-    if a.driving_landmarks is not None:
-        lm = load_landmark_frames(a.driving_landmarks)
+    if landmarks_file is not None:
+        lm = load_landmark_frames(landmarks_file)
         if len(lm) != len(frames):
-            raise ValueError(f"{a.driving_landmarks} has landmarks for {len(lm)} frames, {a.driving} has "
+            raise ValueError(f"{landmarks_file} has landmarks for {len(lm)} frames, {frames.path} has "
                              f"{len(frames)} frames: give one entry per frame")
-        check_landmark_count(lm, a.driving_landmarks, a.recon)
+        check_landmark_count(lm, landmarks_file, a.recon)
     else:
-        front = front_end("the driving frames have no --driving-landmarks FILE (" + FRAME_LANDMARK_FORMATS + ") and "
-                          "tracking them needs the faces extra", video=True)
+        front = front_end(f"the driving frames have no {flag} FILE (" + FRAME_LANDMARK_FORMATS + ") and tracking "
+                          "them needs the faces extra", video=True)
         with front:
             try:
                 lm = track_landmarks(frames, front=front, progress=not a.quiet, log=lambda m: info(a, m))
@@ -136,7 +136,7 @@ def animate_command(a) -> int:
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out must be an .mp4 file, got {out}")
     frames = read_frames(a.driving, fps=a.fps)
-    lms = driving_landmarks(a, frames)
+    lms = driving_landmarks(a, frames, a.driving_landmarks)
     paths = output_paths(out)
     device = resolve_device(a.device)
     inputs = read_source_inputs(a)

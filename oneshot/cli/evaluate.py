@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .geometry import add_geometry_options, check_protocol_flags, geometry_command
 from ._common import (add_checkpoint, add_device, add_face_model, add_quiet, add_recon, add_resume, add_seed, add_sr,
                       check_file, info, load_avatar, resolve_device, super_resolve)
 
@@ -38,6 +39,7 @@ def check_args(a) -> None:
         v = getattr(a, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    check_protocol_flags(a)
     if a.pairs is not None and a.protocol != "cross":
         raise ValueError(f"--pairs is for --protocol cross, not {a.protocol}")
 
@@ -93,6 +95,8 @@ def evaluate_command(a) -> int:
 
     t0 = time.time()
     check_args(a)
+    if a.protocol == "geometry":
+        return geometry_command(a)
     device = resolve_device(a.device)
     out = Path(a.out)
     model, face = load_avatar(a.checkpoint, a.face_model, device)
@@ -140,15 +144,17 @@ def add_parser(subparsers) -> None:
         description="Render every pair of the protocol and score it with the paper's metrics (L1, PSNR, SSIM, "
                     "LPIPS, FID, CSIM, AED, APD, AKD). Metrics whose weights are not given are skipped with a line "
                     "saying which file they need. Writes OUT/metrics.json, OUT/table.md, OUT/samples.csv, "
-                    "OUT/grid.png.")
+                    "OUT/grid.png. --protocol geometry scores exported meshes instead (see its options below).")
     add_checkpoint(p)
     p.add_argument("--data", required=True, nargs="+", metavar="PATH",
                    help="a dataset directory (oneshot data format), or videos / images / folders of them (prepared "
                         "into OUT/data first: each video one identity; needs the faces extra)")
-    p.add_argument("--protocol", required=True, choices=PROTOCOLS,
+    p.add_argument("--protocol", required=True, choices=PROTOCOLS + ("geometry",),
                    help="reconstruction: each identity's first sample from itself; self: each identity's first "
                         "sample driven by every other sample of the identity; cross: sources driven by other "
-                        "identities (--pairs, default each sorted identity by the next)")
+                        "identities (--pairs, default each sorted identity by the next); geometry: each identity's "
+                        "first sample exported as a mesh and measured against its exact morphable-model mesh "
+                        "(synthetic data; the export extra)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     p.add_argument("--pairs", default=None, metavar="FILE",
                    help="cross pairs: 'SOURCE DRIVER' per line, sample ids or identity names")
@@ -173,4 +179,5 @@ def add_parser(subparsers) -> None:
     add_device(p)
     add_resume(p, "continue an interrupted run in OUT")
     add_quiet(p)
+    add_geometry_options(p)
     p.set_defaults(func=evaluate_command)

@@ -11,6 +11,10 @@ Protocols (pairs of sample indices (source, target); identities in sorted order,
   means its first sample, as driver all its samples), by default every identity paired with the next in sorted
   order (the last with the first). No ground truth: only CSIM (against the source), AED / APD (against the
   driver) and FID (renders against the sources).
+* ``geometry`` (:mod:`oneshot.eval.geometry`, :func:`run_geometry`): each identity's first sample reconstructed,
+  its mesh exported and compared with the exact morphable-model mesh of the sample (synthetic data): Chamfer
+  distance and normal consistency over the face region in millimetres, beside the mean-face baseline. It scores
+  shapes, not images, so it is not in :data:`PROTOCOLS` (whose pairs :func:`run_protocol` renders).
 
 Renders are deterministic: evenly spaced samples (``stratified=False``) and a fixed seed, so a sample's result
 does not depend on the batch it is in.

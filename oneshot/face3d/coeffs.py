@@ -60,6 +60,16 @@ class Coeffs:
                       model=self.model)
 
     @classmethod
+    def cat(cls, parts: list[Coeffs]) -> Coeffs:
+        """The batches of `parts` (coefficients of one model) one after another."""
+        if not parts:
+            raise ValueError("Coeffs.cat needs at least one batch, got none")
+        if len({p.model for p in parts}) != 1:
+            raise ValueError(f"Coeffs.cat joins coefficients of one model, got {sorted({p.model for p in parts})}")
+        return cls(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls) if f.name != "model"),
+                   model=parts[0].model)
+
+    @classmethod
     def zeros(cls, model: MorphableModel, batch: int = 1, *, device=None, dtype=torch.float32) -> Coeffs:
         """Neutral coefficients: mean identity and albedo, no expression, ambient white light (the DC lighting
         term 0 on top of Deep3DFaceRecon's 0.8 initial value), frontal pose."""

@@ -314,6 +314,24 @@ class OneShotAvatar(nn.Module):
         return Avatar(canonical, source_camera, source_coeffs, source_norm, neutral_regions, regions, appearance,
                       lift, seed)
 
+    def planes(self, avatar: Avatar, target_coeffs: Coeffs, *, seed: int | None = None) -> Tensor:
+        """The tri-planes T = T_c + T_e + T_a [F, 3, C, P, P] of `avatar` with the expression of each of the F
+        targets' coefficients (an avatar of batch 1 takes any number of targets; otherwise the batches match).
+        What :meth:`animate` renders, and what a mesh export samples."""
+        F_ = target_coeffs.batch_size if isinstance(target_coeffs, Coeffs) else -1
+        self._check_coeffs("target_coeffs", target_coeffs, F_)
+        if avatar.batch_size not in (1, F_):
+            raise ValueError(f"an avatar of batch {avatar.batch_size} takes 1 or {avatar.batch_size} targets at "
+                             f"once, got {F_}")
+        seed = avatar.seed if seed is None else seed
+        a = avatar if avatar.batch_size == F_ else _expand(avatar, F_)
+        expression = self.expression_planes(a.source_coeffs, target_coeffs)
+        appearance = a.appearance
+        if appearance is None:
+            appearance, _ = self.appearance_planes(a.canonical + expression, a.source_norm, a.source_regions,
+                                                   a.blend_mask, a.source_camera, seed)
+        return a.canonical + expression + appearance
+
     def animate(self, avatar: Avatar, target_coeffs: Coeffs, target_camera: Tensor, *, super_resolve: bool = True,
                 seed: int | None = None) -> AnimateOutput:
         """Render `avatar` with the target's expression from the target camera: one frame per target (an
@@ -325,13 +343,7 @@ class OneShotAvatar(nn.Module):
             raise ValueError(f"an avatar of batch {avatar.batch_size} animates 1 or {avatar.batch_size} frames at "
                              f"once, got {F_}")
         seed = avatar.seed if seed is None else seed
-        a = avatar if avatar.batch_size == F_ else _expand(avatar, F_)
-        expression = self.expression_planes(a.source_coeffs, target_coeffs)
-        appearance = a.appearance
-        if appearance is None:
-            appearance, _ = self.appearance_planes(a.canonical + expression, a.source_norm, a.source_regions,
-                                                   a.blend_mask, a.source_camera, seed)
-        planes = a.canonical + expression + appearance
+        planes = self.planes(avatar, target_coeffs, seed=seed)
         out = self.render(planes, target_camera, self.config.render_resolution,
                           generator=_seeded(seed, "full", planes.device))
         image = self.super_resolve(out.features, generator=_seeded(seed, "sr", planes.device)) if super_resolve \
