@@ -11,7 +11,7 @@ side:
 * the whole export of a reconstructed avatar (``export_avatar``: planes with a neutral expression, the grid,
   marching cubes, pieces, vertex colours) at 128^3 and 256^3, then writing it as .glb.
 
-    python benchmarks/bench_export.py [--quick] [--device cpu|cuda]
+    python benchmarks/bench_export.py [--quick | --sizes quick|large|all] [--device cpu|cuda]
 
 Needs the export extra (scikit-image, trimesh).
 """
@@ -58,13 +58,18 @@ def _avatar(device):
     return model, avatar
 
 
-def run(device: torch.device, quick: bool, results: list) -> None:
+def cases(quick: bool):
+    """Grid resolutions: 128^3 (quick) and 256^3."""
+    return (128,) if quick else (128, 256)
+
+
+def run(device: torch.device, sizes, results: list) -> None:
     model, avatar = _avatar(device)
     with torch.no_grad():
         planes = model.planes(avatar, avatar.source_coeffs)
         grid = density_grid(planes, model.decoder, 64)
     level = float(torch.quantile(torch.from_numpy(grid).flatten(), 0.7))  # random weights: a level they reach
-    sizes = (128,) if quick else (128, 256)
+    sizes = H.pick(cases, sizes)
     once = dict(min_repeats=1, max_repeats=1)
     for R in sizes:
         case = f"paper planes 3x32x256^2, grid {R}^3"
@@ -75,7 +80,7 @@ def run(device: torch.device, quick: bool, results: list) -> None:
                 ("lattice", model.decoder, None, "lattice")):
             H.run_case(results, OP + ": density grid", case, "fwd", provider,
                        lambda: density_grid(planes, decoder, R, backend=backend, method=method), device, **once)
-    for chunk in (1 << 14, 1 << 16, 1 << 18, 1 << 20):
+    for chunk in (1 << 14, 1 << 16, 1 << 18, 1 << 20) if 128 in sizes else ():
         H.run_case(results, OP + ": density grid chunk", f"grid 128^3, chunk 2^{chunk.bit_length() - 1}", "fwd",
                    "lattice", lambda: density_grid(planes, model.decoder, 128, chunk=chunk), device, **once)
     out = Path(tempfile.mkdtemp())

@@ -1,14 +1,15 @@
 """Run the kernel benchmarks and write benchmarks/results/<device>.csv and .md (machine, versions, date).
 
     python benchmarks/run.py [--quick | --sizes quick|large|all] [--device cpu|cuda] [--out DIR] [--name STEM]
-                             [--ops triplane raymarch raster mesh render eg3d avatar]
+                             [--ops triplane raymarch raster mesh render eg3d avatar export]
 
 Speed-ups are against the reference implementation measured in the same run (and against scipy's cKDTree for
 rasterize_points on CPU). The results are written after each op, so an interrupted run keeps the ops it
-finished: the kernel ops cumulatively in <STEM>.csv/.md; ``render`` (fused vs composed renderer) and ``avatar``
-(the whole model per preset, native vs reference ops) in <STEM>_<op>.csv/.md. An op whose benchmark fails (or
-whose script cannot be imported, e.g. avatar without transformers) is reported and the others still run (exit
-status 1 at the end). Correctness is the tests' job (tests/); this only times.
+finished: the kernel ops cumulatively in <STEM>.csv/.md; ``render`` (fused vs composed renderer), ``avatar``
+(the whole model per preset, native vs reference ops) and ``export`` (the mesh export's density grid and whole
+export) in <STEM>_<op>.csv/.md. An op whose benchmark fails (or whose script cannot be imported, e.g. avatar
+without transformers) is reported and the others still run (exit status 1 at the end). Correctness is the tests'
+job (tests/); this only times.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import _harness as H
 
-BENCHES = ["triplane", "raymarch", "raster", "mesh", "render", "eg3d", "avatar"]  # benchmarks/bench_<op>.py
+BENCHES = ["triplane", "raymarch", "raster", "mesh", "render", "eg3d", "avatar", "export"]  # benchmarks/bench_<op>.py
 DEFAULT_OPS = ["triplane", "raymarch", "raster", "mesh"]
 OWN_FILE = {"render": dict(baselines=("composed", "reference"), memory=True),  # written apart, with these baselines
             "eg3d": dict(baselines=("composed",), memory=True),
-            "avatar": dict(baselines=("reference",))}
+            "avatar": dict(baselines=("reference",)),
+            "export": dict(baselines=("reference", "composed"), memory=True)}
 
 
 def main(argv=None) -> int:
