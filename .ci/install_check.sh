@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI: the release as users get it (issue 23). Builds the source distribution (isolated, as `python -m build` does
-# by default) and a wheel from it, then installs the sdist into a fresh venv holding only torch and the build tools,
-# exactly as docs/install.md says (no editable install, no checkout on sys.path), and runs .ci/install_smoke.py from
-# another directory. Leaves the sdist in dist/ for the CUDA step, which builds from the same file.
+# by default), installs it into a fresh venv holding only torch and the build tools, exactly as docs/install.md
+# says (no editable install, no checkout on sys.path), checks the wheel pip built from it on the way (one compile,
+# not two), and runs .ci/install_smoke.py from another directory. Leaves the sdist and the wheel in dist/; the CUDA
+# step builds from the same sdist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -19,9 +20,15 @@ echo "sdist: $SDIST ($(tar tzf "$SDIST" | grep -vc '/$') files)"
 "$V/bin/pip" install -q -U pip
 "$V/bin/pip" install -q "${TORCH_SPEC:-torch==2.13.0}"
 "$V/bin/pip" install -q -U setuptools wheel ninja
-# A wheel builds from the sdist (compiled against the venv's torch) ...
-MAX_JOBS=${MAX_JOBS:-2} "$V/bin/pip" wheel -q --no-build-isolation --no-deps -w dist "$SDIST"
-WHEEL=$(ls dist/oneshot_avatar-*.whl)
+# The sdist installs the way the docs say. pip builds a wheel from it to install (the extension compiled against
+# the venv's torch) and keeps that wheel in its cache: the release's wheel, built once, checked below.
+CACHE=$(mktemp -d)
+MAX_JOBS=${MAX_JOBS:-2} "$V/bin/pip" install -q --no-build-isolation --cache-dir "$CACHE" "$SDIST"
+WHEEL=$(find "$CACHE" -name 'oneshot_avatar-*.whl' | head -1)
+[ -n "$WHEEL" ] || { echo "pip kept no wheel of the sdist in $CACHE"; exit 1; }
+cp "$WHEEL" dist/
+WHEEL=dist/$(basename "$WHEEL")
+rm -rf "$CACHE"
 "$V/bin/python" - "$WHEEL" <<'PY'
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
@@ -30,7 +37,5 @@ assert so and "oneshot/_C_build.json" in names, f"the wheel lacks the compiled e
 assert not any(n.startswith(("csrc/", "tests/")) for n in names)
 print(f"wheel: {sys.argv[1]} ({len(names)} files, extension {so[0]})")
 PY
-# ... and the sdist installs the way the docs say.
-MAX_JOBS=${MAX_JOBS:-2} "$V/bin/pip" install -q --no-build-isolation "$SDIST"
 cd /tmp
 "$V/bin/python" "$ROOT/.ci/install_smoke.py"
