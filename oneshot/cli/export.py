@@ -127,9 +127,10 @@ def export_command(a) -> int:
         mesh = export_avatar(model, avatar, coeffs=coeffs, camera=camera, progress=not a.quiet, **kw)
         path = save_mesh(mesh, a.out, {"source": str(a.source), "checkpoint": str(a.checkpoint),
                                        "driver": None if a.driver is None else str(a.driver)})
+        expression = "a neutral expression" if coeffs is None else "the driver's expression"
+        pose = "the canonical pose" if camera is None else "the driver's head pose"
         print(f"wrote {path} ({mesh.num_vertices} vertices, {mesh.num_faces} faces; level {a.level:g} at "
-              f"{a.resolution}^3; {'neutral' if coeffs is None else 'the driver'}'s expression, "
-              f"{'canonical' if camera is None else 'the driver'}'s pose)")
+              f"{a.resolution}^3; {expression}, {pose})")
         return 0
     coeffs, cams, fps = frames_estimate(a, model, recon)
     record = {**resolved_paths({k: getattr(a, k) for k in RUN_KEYS}, PATH_KEYS), "fps": fps}
