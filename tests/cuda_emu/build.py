@@ -19,6 +19,7 @@ The library is cached under build/cuda_emu/<hash of every input>/ and loaded wit
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -138,6 +139,16 @@ def build(verbose: bool = False) -> Path:
     lib = out_dir / "liboneshot_cuda_emu.so"
     if lib.exists():
         return lib
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel test workers (pytest -n): one compiles, the others wait for the lock and then reuse its library.
+    with open(out_dir.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not lib.exists():
+            _compile(out_dir, lib, units, headers, cflags, ldflags, verbose)
+    return lib
+
+
+def _compile(out_dir: Path, lib: Path, units: dict, headers: dict, cflags: list, ldflags: list, verbose: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in units.items():
         (out_dir / name).write_text(text)
@@ -163,7 +174,6 @@ def build(verbose: bool = False) -> Path:
     if res.returncode != 0:
         raise RuntimeError(f"cuda_emu: linking failed:\n{res.stderr[-6000:]}")
     os.replace(tmp, lib)
-    return lib
 
 
 def load() -> None:
