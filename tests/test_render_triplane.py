@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oneshot import ops
 from oneshot.ops import reference_render_triplane, render_triplane
+from render_cases import scene as _scene
 
 pytestmark = pytest.mark.skipif(not ops.backend_info()["native_cpu"], reason="the native extension is not built")
 
 AXES = ((0, 1), (0, 2), (2, 1))
-
-
-def _scene(B=2, R=13, S=9, C=5, H=7, W=11, Hd=6, Co=4, dtype=torch.float64, seed=0, spread=0.3):
-    g = torch.Generator().manual_seed(seed)
-    planes = torch.randn(B, 3, C, H, W, generator=g, dtype=dtype)
-    o = (torch.rand(B, R, 3, generator=g, dtype=dtype) - 0.5) * spread + torch.tensor([0, 0, 1.2], dtype=dtype)
-    d = F.normalize(torch.randn(B, R, 3, generator=g, dtype=dtype) * 0.3 + torch.tensor([0, 0, -1.0], dtype=dtype), dim=-1)
-    t = torch.sort(torch.rand(B, R, S, generator=g, dtype=dtype) * 1.6 + 0.4, -1).values
-    w1 = torch.randn(Hd, C, generator=g, dtype=dtype) / C ** 0.5
-    b1 = torch.randn(Hd, generator=g, dtype=dtype)
-    w2 = torch.randn(1 + Co, Hd, generator=g, dtype=dtype) / Hd ** 0.5
-    b2 = torch.randn(1 + Co, generator=g, dtype=dtype)
-    return planes, o, d, t, w1, b1, w2, b2
 
 
 def _grads(fn, args, cots, which=(0, 4, 5, 6, 7)):
